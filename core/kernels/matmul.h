@@ -22,6 +22,7 @@ class PackedMatrix {
                                            int64_t k_begin, int64_t k_end);
   static absl::StatusOr<PackedMatrix> PackAll(const TensorView& w);
 
+  PackedMatrix();  // empty until a packed one is assigned
   PackedMatrix(PackedMatrix&&) noexcept;
   PackedMatrix& operator=(PackedMatrix&&) noexcept;
   ~PackedMatrix();

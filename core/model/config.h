@@ -3,7 +3,7 @@
 
 #include <cstdint>
 #include <string>
-#include <string_view>
+#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -11,7 +11,7 @@
 namespace matformer {
 
 enum class DType { kF32, kBF16 };
-std::string_view DTypeName(DType dtype);
+absl::string_view DTypeName(DType dtype);
 size_t DTypeSize(DType dtype);
 
 enum class Activation { kGeluTanh, kSilu };
@@ -44,7 +44,7 @@ struct ModelConfig {
 };
 
 // Parses and validates config.json text. Errors name the field and the limit.
-absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text);
+absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text);
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& path);
 // Serialises back to config.json form (used by tools that write models).
 std::string ModelConfigToJson(const ModelConfig& config);

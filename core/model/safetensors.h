@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
-#include <string_view>
+#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -61,8 +61,8 @@ class SafetensorsFile {
   static absl::StatusOr<std::unique_ptr<SafetensorsFile>> Open(const std::string& path);
 
   // NotFound naming the tensor if absent.
-  absl::StatusOr<TensorView> Get(std::string_view name) const;
-  bool Contains(std::string_view name) const { return tensors_.contains(name); }
+  absl::StatusOr<TensorView> Get(absl::string_view name) const;
+  bool Contains(absl::string_view name) const { return tensors_.contains(name); }
   std::vector<std::string> Names() const;
   const MappedFile& file() const { return *file_; }
 

@@ -1,0 +1,28 @@
+#ifndef MATFORMER_CORE_KERNELS_OPS_H_
+#define MATFORMER_CORE_KERNELS_OPS_H_
+
+#include <cstdint>
+
+#include "core/model/config.h"
+
+// Element-wise and per-row operations of the forward pass, in f32. The heavy
+// lifting (matmuls) is in matmul.h; these are bandwidth-trivial by comparison.
+namespace matformer {
+
+// y = x / sqrt(mean(x^2) + eps) * w over n elements (y may alias x).
+void RmsNorm(const float* x, const float* w, int64_t n, float eps, float* y);
+
+// In-place activation over n elements.
+void Activate(Activation activation, float* x, int64_t n);
+
+// Rotary embedding (rotate-half) of `heads` vectors of head_dim at `position`.
+// inv_freq has head_dim / 2 entries.
+void ApplyRope(float* x, int heads, int head_dim, int64_t position, const float* inv_freq);
+
+// f32 round trip through bf16 (round to nearest even), the engine's bf16 model.
+float Bf16ToF32(uint16_t bits);
+uint16_t F32ToBf16(float value);
+
+}  // namespace matformer
+
+#endif  // MATFORMER_CORE_KERNELS_OPS_H_

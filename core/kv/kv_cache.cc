@@ -1,0 +1,71 @@
+#include "core/kv/kv_cache.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace matformer {
+
+KvPool::KvPool(int num_layers, int num_kv_heads, int head_dim, int block_tokens, int64_t num_blocks)
+    : num_layers_(num_layers),
+      num_kv_heads_(num_kv_heads),
+      head_dim_(head_dim),
+      block_tokens_(block_tokens),
+      num_blocks_(num_blocks),
+      block_floats_(static_cast<int64_t>(num_layers) * num_kv_heads * block_tokens * head_dim),
+      storage_(static_cast<size_t>(num_blocks * 2 * block_floats_)) {
+  free_list_.reserve(num_blocks);
+  // Hand out low block ids first: they were touched most recently.
+  for (int64_t b = num_blocks - 1; b >= 0; --b) free_list_.push_back(static_cast<int32_t>(b));
+}
+
+int64_t KvPool::free_blocks() const {
+  absl::MutexLock lock(&mutex_);
+  return static_cast<int64_t>(free_list_.size());
+}
+
+absl::Status KvPool::Allocate(int64_t count, std::vector<int32_t>* out) {
+  absl::MutexLock lock(&mutex_);
+  if (count > static_cast<int64_t>(free_list_.size())) {
+    return absl::ResourceExhaustedError(absl::StrCat("KV cache: ", count, " blocks needed, ",
+                                                     free_list_.size(), " of ", num_blocks_,
+                                                     " free"));
+  }
+  for (int64_t i = 0; i < count; ++i) {
+    out->push_back(free_list_.back());
+    free_list_.pop_back();
+  }
+  return absl::OkStatus();
+}
+
+void KvPool::Free(const std::vector<int32_t>& blocks) {
+  absl::MutexLock lock(&mutex_);
+  free_list_.insert(free_list_.end(), blocks.rbegin(), blocks.rend());
+}
+
+int64_t KvPool::Offset(int32_t block, int layer, int kv_head, int slot) const {
+  return block * 2 * block_floats_ +
+         ((static_cast<int64_t>(layer) * num_kv_heads_ + kv_head) * block_tokens_ + slot) * head_dim_;
+}
+
+float* KvPool::Key(int32_t block, int layer, int kv_head, int slot) {
+  return storage_.data() + Offset(block, layer, kv_head, slot);
+}
+
+float* KvPool::Value(int32_t block, int layer, int kv_head, int slot) {
+  return storage_.data() + Offset(block, layer, kv_head, slot) + block_floats_;
+}
+
+KvSequence::~KvSequence() {
+  if (!blocks_.empty()) pool_->Free(blocks_);
+}
+
+int64_t KvSequence::capacity() const {
+  return static_cast<int64_t>(blocks_.size()) * pool_->block_tokens();
+}
+
+absl::Status KvSequence::Reserve(int64_t length) {
+  const int64_t needed = (length + pool_->block_tokens() - 1) / pool_->block_tokens();
+  if (needed <= static_cast<int64_t>(blocks_.size())) return absl::OkStatus();
+  return pool_->Allocate(needed - static_cast<int64_t>(blocks_.size()), &blocks_);
+}
+
+}  // namespace matformer

@@ -1,0 +1,384 @@
+#include "core/model/config.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <fstream>
+#include <limits>
+#include <sstream>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
+
+namespace matformer {
+namespace {
+
+using Json = nlohmann::json;
+
+constexpr std::string_view kModelType = "matformer_ple";
+// Matches the submodel name grammar (docs/model-format.md): a name must not be
+// mistaken for the skip token or split at '-'.
+constexpr std::string_view kSkipToken = "skip";
+constexpr size_t kMaxGranularities = 64;
+constexpr size_t kMaxGranularityNameLength = 64;
+constexpr int64_t kMaxConfigFileBytes = 1 << 20;
+
+// The upper bounds keep every product of dimensions the engine forms (e.g.
+// V * L * d_ple, V * d, d_ff * d) far below INT64_MAX, so later code can
+// multiply sizes without overflow checks.
+constexpr int64_t kMaxVocab = 1 << 20;
+constexpr int64_t kMaxHidden = 1 << 16;
+constexpr int64_t kMaxIntermediate = 1 << 20;
+constexpr int64_t kMaxLayers = 256;
+constexpr int64_t kMaxHeads = 1024;
+constexpr int64_t kMaxHeadDim = 1024;
+constexpr int64_t kMaxPleDim = 1 << 16;
+constexpr int64_t kMaxPositions = 1 << 20;
+
+// A value as it appears in the file, cut short so a huge value cannot flood the message.
+std::string Shown(const Json& json) {
+  constexpr size_t kMaxShown = 80;
+  std::string text = json.dump(-1, ' ', false, Json::error_handler_t::replace);
+  if (text.size() > kMaxShown) text = absl::StrCat(text.substr(0, kMaxShown), "...");
+  return text;
+}
+
+absl::Status FieldError(std::string_view field, std::string_view message) {
+  return absl::InvalidArgumentError(absl::StrCat("config.json: ", field, " ", message));
+}
+
+absl::StatusOr<const Json*> GetField(const Json& root, std::string_view field) {
+  auto it = root.find(field);
+  if (it == root.end()) return FieldError(field, "is missing");
+  return &*it;
+}
+
+// Checks that `json` is an integer in [min, max].
+absl::StatusOr<int64_t> CheckedInt(const Json& json, std::string_view field, int64_t min, int64_t max) {
+  if (!json.is_number_integer()) {
+    return FieldError(field, absl::StrCat("must be an integer, got ", json.type_name(), " ", Shown(json)));
+  }
+  // The parser stores every non-negative integer as unsigned; values above
+  // INT64_MAX would wrap in get<int64_t>().
+  const bool in_range = json.is_number_unsigned()
+                            ? json.get<uint64_t>() <= static_cast<uint64_t>(max) &&
+                                  static_cast<int64_t>(json.get<uint64_t>()) >= min
+                            : json.get<int64_t>() >= min && json.get<int64_t>() <= max;
+  if (!in_range) {
+    return FieldError(field, absl::StrCat("= ", Shown(json), " is outside [", min, ", ", max, "]"));
+  }
+  return json.get<int64_t>();
+}
+
+absl::StatusOr<int64_t> GetInt(const Json& root, std::string_view field, int64_t min, int64_t max) {
+  auto value = GetField(root, field);
+  if (!value.ok()) return value.status();
+  return CheckedInt(**value, field, min, max);
+}
+
+absl::StatusOr<double> GetPositiveFinite(const Json& root, std::string_view field) {
+  auto value = GetField(root, field);
+  if (!value.ok()) return value.status();
+  const Json& json = **value;
+  if (!json.is_number()) {
+    return FieldError(field, absl::StrCat("must be a number, got ", json.type_name(), " ", Shown(json)));
+  }
+  const double number = json.get<double>();
+  if (!std::isfinite(number) || number <= 0) {
+    return FieldError(field, absl::StrCat("= ", Shown(json), " must be finite and > 0"));
+  }
+  return number;
+}
+
+absl::StatusOr<std::string> GetString(const Json& root, std::string_view field) {
+  auto value = GetField(root, field);
+  if (!value.ok()) return value.status();
+  if (!(*value)->is_string()) {
+    return FieldError(field,
+                      absl::StrCat("must be a string, got ", (*value)->type_name(), " ", Shown(**value)));
+  }
+  return (*value)->get<std::string>();
+}
+
+absl::StatusOr<const Json*> GetArray(const Json& root, std::string_view field) {
+  auto value = GetField(root, field);
+  if (!value.ok()) return value.status();
+  if (!(*value)->is_array()) {
+    return FieldError(field, absl::StrCat("must be an array, got ", (*value)->type_name()));
+  }
+  if ((*value)->empty() || (*value)->size() > kMaxGranularities) {
+    return FieldError(field, absl::StrCat("has ", (*value)->size(), " entries, expected 1..",
+                                          kMaxGranularities));
+  }
+  return *value;
+}
+
+absl::Status ParseGranularities(const Json& root, ModelConfig& config) {
+  auto array = GetArray(root, "granularities");
+  if (!array.ok()) return array.status();
+  for (size_t i = 0; i < (*array)->size(); ++i) {
+    const std::string field = absl::StrCat("granularities[", i, "]");
+    auto width = CheckedInt((**array)[i], field, 1, std::numeric_limits<int64_t>::max());
+    if (!width.ok()) return width.status();
+    if (*width > config.intermediate_size) {
+      return FieldError(field, absl::StrCat("= ", *width, " exceeds intermediate_size ", config.intermediate_size));
+    }
+    if (i > 0 && *width <= config.granularities.back()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "config.json: granularities must be strictly increasing: ", field, " = ", *width,
+          " <= granularities[", i - 1, "] = ", config.granularities.back()));
+    }
+    config.granularities.push_back(*width);
+  }
+  if (config.granularities.back() != config.intermediate_size) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config.json: granularities must end with intermediate_size ", config.intermediate_size,
+        ", the last is ", config.granularities.back()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseGranularityNames(const Json& root, ModelConfig& config) {
+  auto array = GetArray(root, "granularity_names");
+  if (!array.ok()) return array.status();
+  if ((*array)->size() != config.granularities.size()) {
+    return FieldError("granularity_names", absl::StrCat("has ", (*array)->size(), " entries, granularities has ",
+                                                        config.granularities.size()));
+  }
+  absl::flat_hash_set<std::string> seen;
+  for (size_t i = 0; i < (*array)->size(); ++i) {
+    const Json& entry = (**array)[i];
+    const std::string field = absl::StrCat("granularity_names[", i, "]");
+    if (!entry.is_string()) {
+      return FieldError(field, absl::StrCat("must be a string, got ", entry.type_name(), " ", Shown(entry)));
+    }
+    const std::string name = entry.get<std::string>();
+    if (name.empty() || name.size() > kMaxGranularityNameLength) {
+      return FieldError(field, absl::StrCat("must have 1..", kMaxGranularityNameLength, " characters"));
+    }
+    for (unsigned char c : name) {
+      if (c == '-' || absl::ascii_isspace(c) || absl::ascii_iscntrl(c)) {
+        return FieldError(field, absl::StrCat("= \"", name,
+                                              "\" must not contain '-', whitespace or control characters"));
+      }
+    }
+    if (name == kSkipToken) {
+      return FieldError(field, "must not be \"skip\" (reserved for skipped layers)");
+    }
+    // Submodel names accept widths in neurons as well as names, so an all-digit
+    // name is only unambiguous when it is its own width.
+    const bool all_digits = std::all_of(name.begin(), name.end(), absl::ascii_isdigit);
+    if (all_digits && name != absl::StrCat(config.granularities[i])) {
+      return FieldError(field, absl::StrCat("= \"", name, "\" is a number other than its width ",
+                                            config.granularities[i]));
+    }
+    if (!seen.insert(name).second) {
+      return FieldError(field, absl::StrCat("= \"", name, "\" is a duplicate"));
+    }
+    config.granularity_names.push_back(name);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseTokenId(const Json& root, std::string_view field, int64_t vocab_size, int& out) {
+  auto value = GetInt(root, field, 0, vocab_size - 1);
+  if (!value.ok()) return value.status();
+  out = static_cast<int>(*value);
+  return absl::OkStatus();
+}
+
+// Assigns a checked integer field or returns its error from the enclosing function.
+#define MATFORMER_ASSIGN_INT(lhs, field, min, max)        \
+  do {                                                    \
+    auto value_ = GetInt(root, field, min, max);          \
+    if (!value_.ok()) return value_.status();             \
+    lhs = static_cast<decltype(lhs)>(*value_);            \
+  } while (false)
+
+absl::StatusOr<ModelConfig> ParseRoot(const Json& root) {
+  ModelConfig config;
+
+  auto model_type = GetString(root, "model_type");
+  if (!model_type.ok()) return model_type.status();
+  if (*model_type != kModelType) {
+    return FieldError("model_type", absl::StrCat("= ", Shown(Json(*model_type)), ", expected \"", kModelType, "\""));
+  }
+
+  MATFORMER_ASSIGN_INT(config.vocab_size, "vocab_size", 1, kMaxVocab);
+  MATFORMER_ASSIGN_INT(config.hidden_size, "hidden_size", 2, kMaxHidden);
+  if (config.hidden_size % 2 != 0) {
+    return FieldError("hidden_size", absl::StrCat("= ", config.hidden_size, " must be even"));
+  }
+  MATFORMER_ASSIGN_INT(config.intermediate_size, "intermediate_size", 1, kMaxIntermediate);
+  MATFORMER_ASSIGN_INT(config.num_layers, "num_hidden_layers", 1, kMaxLayers);
+  MATFORMER_ASSIGN_INT(config.num_heads, "num_attention_heads", 1, kMaxHeads);
+  MATFORMER_ASSIGN_INT(config.num_kv_heads, "num_key_value_heads", 1, config.num_heads);
+  if (config.num_heads % config.num_kv_heads != 0) {
+    return FieldError("num_key_value_heads",
+                      absl::StrCat("= ", config.num_kv_heads, " must divide num_attention_heads ",
+                                   config.num_heads));
+  }
+  MATFORMER_ASSIGN_INT(config.head_dim, "head_dim", 2, kMaxHeadDim);
+  if (config.head_dim % 2 != 0) {
+    return FieldError("head_dim", absl::StrCat("= ", config.head_dim, " must be even (RoPE rotates pairs)"));
+  }
+  MATFORMER_ASSIGN_INT(config.ple_dim, "hidden_size_per_layer_input", 1, kMaxPleDim);
+  MATFORMER_ASSIGN_INT(config.max_position_embeddings, "max_position_embeddings", 1, kMaxPositions);
+
+  if (auto status = ParseGranularities(root, config); !status.ok()) return status;
+  if (auto status = ParseGranularityNames(root, config); !status.ok()) return status;
+
+  auto rope_theta = GetPositiveFinite(root, "rope_theta");
+  if (!rope_theta.ok()) return rope_theta.status();
+  config.rope_theta = *rope_theta;
+  auto rms_norm_eps = GetPositiveFinite(root, "rms_norm_eps");
+  if (!rms_norm_eps.ok()) return rms_norm_eps.status();
+  config.rms_norm_eps = *rms_norm_eps;
+
+  auto activation = GetString(root, "hidden_activation");
+  if (!activation.ok()) return activation.status();
+  if (*activation == "gelu_pytorch_tanh") {
+    config.activation = Activation::kGeluTanh;
+  } else if (*activation == "silu") {
+    config.activation = Activation::kSilu;
+  } else {
+    return FieldError("hidden_activation",
+                      absl::StrCat("= ", Shown(Json(*activation)), ", expected \"gelu_pytorch_tanh\" or \"silu\""));
+  }
+
+  auto tie = GetField(root, "tie_word_embeddings");
+  if (!tie.ok()) return tie.status();
+  if (!(*tie)->is_boolean()) {
+    return FieldError("tie_word_embeddings",
+                      absl::StrCat("must be a boolean, got ", (*tie)->type_name(), " ", Shown(**tie)));
+  }
+  if (!(*tie)->get<bool>()) {
+    return FieldError("tie_word_embeddings", "must be true (the LM head is embed_tokens)");
+  }
+
+  auto dtype = GetString(root, "torch_dtype");
+  if (!dtype.ok()) return dtype.status();
+  if (*dtype == "float32") {
+    config.dtype = DType::kF32;
+  } else if (*dtype == "bfloat16") {
+    config.dtype = DType::kBF16;
+  } else {
+    return FieldError("torch_dtype", absl::StrCat("= ", Shown(Json(*dtype)), ", expected \"float32\" or \"bfloat16\""));
+  }
+
+  if (auto s = ParseTokenId(root, "bos_token_id", config.vocab_size, config.bos_token_id); !s.ok()) return s;
+  if (auto s = ParseTokenId(root, "eos_token_id", config.vocab_size, config.eos_token_id); !s.ok()) return s;
+  if (auto s = ParseTokenId(root, "pad_token_id", config.vocab_size, config.pad_token_id); !s.ok()) return s;
+  return config;
+}
+
+#undef MATFORMER_ASSIGN_INT
+
+}  // namespace
+
+std::string_view DTypeName(DType dtype) {
+  switch (dtype) {
+    case DType::kF32:
+      return "F32";
+    case DType::kBF16:
+      return "BF16";
+  }
+  return "?";
+}
+
+size_t DTypeSize(DType dtype) {
+  switch (dtype) {
+    case DType::kF32:
+      return 4;
+    case DType::kBF16:
+      return 2;
+  }
+  return 0;
+}
+
+int ModelConfig::GranularityIndex(int64_t width) const {
+  for (size_t i = 0; i < granularities.size(); ++i) {
+    if (granularities[i] == width) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
+  // The parser's exception is the only place its message (with the byte
+  // position) is available; it is caught here so no exception leaves.
+  Json root;
+  try {
+    root = Json::parse(json_text);
+  } catch (const Json::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("config.json: not valid JSON: ", e.what()));
+  }
+  if (!root.is_object()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config.json: top level must be an object, got ", root.type_name()));
+  }
+  return ParseRoot(root);
+}
+
+absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& path) {
+  struct stat info;
+  if (::stat(path.c_str(), &info) != 0) {
+    const int error = errno;
+    const std::string message = absl::StrCat("config.json: cannot stat '", path, "': ", std::strerror(error));
+    return error == ENOENT ? absl::NotFoundError(message) : absl::InvalidArgumentError(message);
+  }
+  if (!S_ISREG(info.st_mode)) {
+    return absl::InvalidArgumentError(absl::StrCat("config.json: '", path, "' is not a regular file"));
+  }
+  if (info.st_size > kMaxConfigFileBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("config.json: '", path, "' has ", info.st_size,
+                                                   " bytes, more than the limit of ", kMaxConfigFileBytes));
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::InvalidArgumentError(absl::StrCat("config.json: cannot open '", path, "'"));
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) {
+    return absl::DataLossError(absl::StrCat("config.json: error reading '", path, "'"));
+  }
+  auto config = ParseModelConfig(text.str());
+  if (!config.ok()) {
+    return absl::Status(config.status().code(), absl::StrCat(config.status().message(), " (", path, ")"));
+  }
+  return config;
+}
+
+std::string ModelConfigToJson(const ModelConfig& config) {
+  nlohmann::ordered_json json;
+  json["model_type"] = kModelType;
+  json["vocab_size"] = config.vocab_size;
+  json["hidden_size"] = config.hidden_size;
+  json["intermediate_size"] = config.intermediate_size;
+  json["num_hidden_layers"] = config.num_layers;
+  json["num_attention_heads"] = config.num_heads;
+  json["num_key_value_heads"] = config.num_kv_heads;
+  json["head_dim"] = config.head_dim;
+  json["hidden_size_per_layer_input"] = config.ple_dim;
+  json["granularities"] = config.granularities;
+  json["granularity_names"] = config.granularity_names;
+  json["rope_theta"] = config.rope_theta;
+  json["rms_norm_eps"] = config.rms_norm_eps;
+  json["max_position_embeddings"] = config.max_position_embeddings;
+  json["hidden_activation"] = config.activation == Activation::kSilu ? "silu" : "gelu_pytorch_tanh";
+  json["tie_word_embeddings"] = true;
+  json["torch_dtype"] = config.dtype == DType::kBF16 ? "bfloat16" : "float32";
+  json["bos_token_id"] = config.bos_token_id;
+  json["eos_token_id"] = config.eos_token_id;
+  json["pad_token_id"] = config.pad_token_id;
+  return json.dump(2) + "\n";
+}
+
+}  // namespace matformer

@@ -1,0 +1,84 @@
+#include "core/kv/kv_cache.h"
+
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "gtest/gtest.h"
+
+namespace matformer {
+namespace {
+
+TEST(KvPoolTest, BlocksReturnWhenSequencesEnd) {
+  KvPool pool(/*num_layers=*/2, /*num_kv_heads=*/1, /*head_dim=*/4, /*block_tokens=*/16, /*num_blocks=*/8);
+  {
+    KvSequence a(&pool), b(&pool);
+    ASSERT_TRUE(a.Reserve(17).ok());  // 2 blocks
+    ASSERT_TRUE(b.Reserve(64).ok());  // 4 blocks
+    EXPECT_EQ(pool.used_blocks(), 6);
+    EXPECT_EQ(a.capacity(), 32);
+    ASSERT_TRUE(a.Reserve(20).ok());  // still fits in 2 blocks
+    EXPECT_EQ(pool.used_blocks(), 6);
+  }
+  EXPECT_EQ(pool.used_blocks(), 0);
+}
+
+TEST(KvPoolTest, ExhaustionIsAnErrorAndChangesNothing) {
+  KvPool pool(1, 1, 4, 16, 4);
+  KvSequence a(&pool), b(&pool);
+  ASSERT_TRUE(a.Reserve(48).ok());
+  const absl::Status status = b.Reserve(32);
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(status.message().find("1 of 4 free"), std::string::npos) << status;
+  EXPECT_EQ(b.capacity(), 0);
+  EXPECT_EQ(pool.free_blocks(), 1);
+  ASSERT_TRUE(b.Reserve(16).ok());
+}
+
+TEST(KvPoolTest, KeysAndValuesOfDifferentSlotsDoNotAlias) {
+  KvPool pool(2, 2, 4, 2, 3);
+  KvSequence a(&pool);
+  ASSERT_TRUE(a.Reserve(6).ok());
+  float next = 0.0f;
+  for (int64_t position = 0; position < 6; ++position) {
+    for (int layer = 0; layer < 2; ++layer) {
+      for (int head = 0; head < 2; ++head) {
+        for (int j = 0; j < 4; ++j) {
+          pool.Key(a.BlockOf(position), layer, head, a.SlotOf(position))[j] = next++;
+          pool.Value(a.BlockOf(position), layer, head, a.SlotOf(position))[j] = next++;
+        }
+      }
+    }
+  }
+  next = 0.0f;
+  for (int64_t position = 0; position < 6; ++position) {
+    for (int layer = 0; layer < 2; ++layer) {
+      for (int head = 0; head < 2; ++head) {
+        for (int j = 0; j < 4; ++j) {
+          EXPECT_EQ(pool.Key(a.BlockOf(position), layer, head, a.SlotOf(position))[j], next++);
+          EXPECT_EQ(pool.Value(a.BlockOf(position), layer, head, a.SlotOf(position))[j], next++);
+        }
+      }
+    }
+  }
+}
+
+TEST(KvPoolTest, ConcurrentSequencesNeverShareBlocks) {
+  KvPool pool(1, 1, 4, 4, 64);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&pool] {
+      for (int round = 0; round < 200; ++round) {
+        KvSequence sequence(&pool);
+        if (sequence.Reserve(4 * (1 + round % 8)).ok()) {
+          for (int32_t block : sequence.blocks()) EXPECT_LT(block, 64);
+        }
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  EXPECT_EQ(pool.used_blocks(), 0);
+}
+
+}  // namespace
+}  // namespace matformer
