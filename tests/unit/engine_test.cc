@@ -1,0 +1,285 @@
+#include "core/engine.h"
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/generate.h"
+#include "core/model/random_model.h"
+#include "gtest/gtest.h"
+
+namespace matformer {
+namespace {
+
+ModelConfig TinyConfig(DType dtype) {
+  ModelConfig c;
+  c.vocab_size = 160;
+  c.hidden_size = 64;
+  c.intermediate_size = 128;
+  c.num_layers = 3;
+  c.num_heads = 4;
+  c.num_kv_heads = 2;
+  c.head_dim = 16;
+  c.ple_dim = 8;
+  c.granularities = {16, 32, 64, 128};
+  c.granularity_names = {"S", "M", "L", "XL"};
+  c.max_position_embeddings = 128;
+  c.dtype = dtype;
+  c.bos_token_id = 2;
+  c.eos_token_id = 1;
+  c.pad_token_id = 0;
+  return c;
+}
+
+const std::string kTokenizer = std::string(MATFORMER_SOURCE_DIR) + "/tests/data/gemma3n-tiny/tokenizer.model";
+
+std::string FreshDirectory(const std::string& name) {
+  const std::string directory = ::testing::TempDir() + "/engine_test_" + name;
+  std::filesystem::remove_all(directory);
+  return directory;
+}
+
+std::shared_ptr<const Model> LoadTinyModel(DType dtype) {
+  const std::string directory = FreshDirectory(dtype == DType::kF32 ? "f32" : "bf16");
+  const absl::Status written = WriteRandomModel(TinyConfig(dtype), /*seed=*/7, directory, kTokenizer);
+  EXPECT_TRUE(written.ok()) << written;
+  absl::StatusOr<std::unique_ptr<Model>> model = Model::Load(directory);
+  EXPECT_TRUE(model.ok()) << model.status();
+  return model.ok() ? std::shared_ptr<const Model>(*std::move(model)) : nullptr;
+}
+
+std::vector<int32_t> Tokens(int count, int offset) {
+  std::vector<int32_t> tokens;
+  for (int i = 0; i < count; ++i) tokens.push_back(3 + (i * 37 + offset) % 150);
+  return tokens;
+}
+
+// Logits of the last token after feeding `tokens` to a fresh sequence alone.
+std::vector<float> AloneLogits(Engine& engine, const SubmodelSpec& spec, const std::vector<int32_t>& tokens) {
+  auto sequence = engine.NewSequence(spec);
+  StepInput input{sequence.get(), tokens};
+  absl::StatusOr<std::vector<float>> logits = engine.Step({&input, 1});
+  EXPECT_TRUE(logits.ok()) << logits.status();
+  return logits.ok() ? *logits : std::vector<float>();
+}
+
+float MaxAbsDifference(const float* a, const float* b, int64_t n) {
+  float worst = 0.0f;
+  for (int64_t i = 0; i < n; ++i) worst = std::max(worst, std::abs(a[i] - b[i]));
+  return worst;
+}
+
+class EngineTest : public ::testing::TestWithParam<DType> {
+ protected:
+  void SetUp() override {
+    model_ = LoadTinyModel(GetParam());
+    ASSERT_NE(model_, nullptr);
+    engine_ = *Engine::Create(model_, {.kv_blocks = 64, .kv_block_tokens = 16, .ple_cache_bytes = 1 << 20});
+  }
+  SubmodelSpec Spec(const std::string& name) { return *SubmodelSpec::Parse(model_->config(), name); }
+
+  std::shared_ptr<const Model> model_;
+  std::unique_ptr<Engine> engine_;
+};
+
+TEST_P(EngineTest, MixedBatchMatchesEachSequenceAlone) {
+  const std::vector<std::string> specs = {"XL", "S", "S-M-XL", "M-skip-L", "L-L-S"};
+  const int64_t vocab = model_->config().vocab_size;
+  std::vector<std::vector<int32_t>> prompts;
+  std::vector<std::vector<float>> alone;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    prompts.push_back(Tokens(5 + 3 * static_cast<int>(i), static_cast<int>(i)));
+    alone.push_back(AloneLogits(*engine_, Spec(specs[i]), prompts[i]));
+  }
+  std::vector<std::unique_ptr<Sequence>> sequences;
+  std::vector<StepInput> batch;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    sequences.push_back(engine_->NewSequence(Spec(specs[i])));
+    batch.push_back({sequences.back().get(), prompts[i]});
+  }
+  absl::StatusOr<std::vector<float>> logits = engine_->Step(batch);
+  ASSERT_TRUE(logits.ok()) << logits.status();
+  ASSERT_EQ(logits->size(), specs.size() * vocab);
+  // Different batch sizes may take different matmul paths: equal up to f32 rounding.
+  const float tolerance = GetParam() == DType::kF32 ? 1e-4f : 2e-3f;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    EXPECT_LT(MaxAbsDifference(logits->data() + i * vocab, alone[i].data(), vocab), tolerance) << specs[i];
+  }
+  // Different submodels really do produce different outputs.
+  EXPECT_GT(MaxAbsDifference(alone[0].data(), AloneLogits(*engine_, Spec("S"), prompts[0]).data(), vocab), 1e-4f);
+}
+
+TEST_P(EngineTest, ChunkedPrefillAndDecodeMatchOneShot) {
+  const SubmodelSpec spec = Spec("S-M-L");
+  const std::vector<int32_t> tokens = Tokens(40, 1);
+  const std::vector<float> one_shot = AloneLogits(*engine_, spec, tokens);
+  auto sequence = engine_->NewSequence(spec);
+  std::vector<float> last;
+  size_t begin = 0;
+  for (size_t chunk : {17u, 16u, 1u, 1u, 5u}) {
+    StepInput input{sequence.get(), absl::MakeConstSpan(tokens).subspan(begin, chunk)};
+    absl::StatusOr<std::vector<float>> logits = engine_->Step({&input, 1});
+    ASSERT_TRUE(logits.ok()) << logits.status();
+    last = *logits;
+    begin += chunk;
+  }
+  ASSERT_EQ(begin, tokens.size());
+  EXPECT_EQ(sequence->kv.length(), 40);
+  EXPECT_LT(MaxAbsDifference(last.data(), one_shot.data(), model_->config().vocab_size),
+            GetParam() == DType::kF32 ? 1e-4f : 2e-3f);
+}
+
+TEST_P(EngineTest, CachedAndUncachedPleAreBitwiseEqual) {
+  auto uncached = *Engine::Create(model_, {.kv_blocks = 64, .kv_block_tokens = 16, .ple_cache_bytes = 0});
+  const SubmodelSpec spec = Spec("XL");
+  const std::vector<int32_t> tokens = Tokens(24, 5);
+  const std::vector<float> warm_up = AloneLogits(*engine_, spec, tokens);  // fills the cache
+  const std::vector<float> cached = AloneLogits(*engine_, spec, tokens);
+  const std::vector<float> computed = AloneLogits(*uncached, spec, tokens);
+  EXPECT_GT(engine_->ple_cache().stats().hits, 0u);
+  EXPECT_EQ(uncached->ple_cache().stats().hits, 0u);
+  EXPECT_EQ(cached, computed);
+  EXPECT_EQ(warm_up, computed);
+}
+
+TEST_P(EngineTest, KvBlocksReturnToThePoolAndExhaustionIsAnError) {
+  {
+    auto a = engine_->NewSequence(Spec("XL"));
+    const std::vector<int32_t> tokens = Tokens(100, 0);
+    StepInput input{a.get(), tokens};
+    ASSERT_TRUE(engine_->Step({&input, 1}).ok());
+    EXPECT_EQ(engine_->kv_pool().used_blocks(), 7);
+  }
+  EXPECT_EQ(engine_->kv_pool().used_blocks(), 0);
+
+  std::vector<std::unique_ptr<Sequence>> hogs;
+  const std::vector<int32_t> long_prompt = Tokens(128, 2);
+  for (int i = 0; i < 8; ++i) {  // 8 x 8 blocks fill the 64-block pool
+    hogs.push_back(engine_->NewSequence(Spec("S")));
+    StepInput input{hogs.back().get(), long_prompt};
+    ASSERT_TRUE(engine_->Step({&input, 1}).ok());
+  }
+  auto starved = engine_->NewSequence(Spec("S"));
+  StepInput input{starved.get(), long_prompt};
+  EXPECT_EQ(engine_->Step({&input, 1}).status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(starved->kv.length(), 0);
+  hogs.clear();
+  EXPECT_EQ(engine_->kv_pool().used_blocks(), 0);
+  EXPECT_TRUE(engine_->Step({&input, 1}).ok());
+}
+
+TEST_P(EngineTest, BadStepsAreClearErrors) {
+  auto sequence = engine_->NewSequence(Spec("XL"));
+  const std::vector<int32_t> bad_token = {5, 160};
+  StepInput input{sequence.get(), bad_token};
+  EXPECT_EQ(engine_->Step({&input, 1}).status().message(), "token id 160 outside [0, 160)");
+  const std::vector<int32_t> too_long = Tokens(129, 0);
+  input.tokens = too_long;
+  EXPECT_EQ(engine_->Step({&input, 1}).status().message(),
+            "sequence length 129 exceeds max_position_embeddings 128");
+  input.tokens = {};
+  EXPECT_EQ(engine_->Step({&input, 1}).status().message(), "step input 0: no tokens");
+  const std::vector<int32_t> fine = Tokens(3, 0);
+  input.tokens = fine;
+  StepInput twice[] = {input, input};
+  EXPECT_EQ(engine_->Step(twice).status().message(), "step input 1: sequence appears twice in one step");
+  EXPECT_EQ(sequence->kv.length(), 0);
+  EXPECT_TRUE(engine_->Step({&input, 1}).ok());
+}
+
+TEST_P(EngineTest, GenerationIsDeterministicPerSeed) {
+  GenerateRequest request;
+  request.prompt = Tokens(6, 3);
+  request.max_new_tokens = 12;
+  request.sampling = {.temperature = 1.0f, .top_k = 0, .top_p = 1.0f, .seed = 11};
+  const SubmodelSpec spec = Spec("M");
+  absl::StatusOr<GenerateResult> a = GenerateAlone(*engine_, spec, request);
+  absl::StatusOr<GenerateResult> b = GenerateAlone(*engine_, spec, request);
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(a->tokens, b->tokens);
+  EXPECT_EQ(engine_->kv_pool().used_blocks(), 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, EngineTest, ::testing::Values(DType::kF32, DType::kBF16),
+                         [](const auto& info) { return info.param == DType::kF32 ? "f32" : "bf16"; });
+
+// Loading rejects a model whose file does not match its config, naming the tensor.
+class BrokenModelTest : public ::testing::Test {
+ protected:
+  std::string WriteModel(const std::string& name) {
+    const std::string directory = FreshDirectory(name);
+    EXPECT_TRUE(WriteRandomModel(TinyConfig(DType::kF32), 1, directory, kTokenizer).ok());
+    return directory;
+  }
+  // Rewrites model.safetensors of `directory` after `edit` changes the tensor list.
+  void EditTensors(const std::string& directory, const std::function<void(std::vector<TensorToWrite>&)>& edit) {
+    std::vector<TensorToWrite> tensors;
+    {
+      auto file = *SafetensorsFile::Open(directory + "/model.safetensors");
+      for (const std::string& name : file->Names()) {
+        const TensorView view = *file->Get(name);
+        tensors.push_back({name, view.dtype, view.shape, std::vector<std::byte>(view.data, view.data + view.nbytes)});
+      }
+    }
+    edit(tensors);
+    ASSERT_TRUE(WriteSafetensors(directory + "/model.safetensors", tensors).ok());
+  }
+  std::string LoadError(const std::string& directory) { return std::string(Model::Load(directory).status().message()); }
+};
+
+TEST_F(BrokenModelTest, MissingTensor) {
+  const std::string directory = WriteModel("missing");
+  EditTensors(directory, [](auto& tensors) {
+    std::erase_if(tensors, [](const TensorToWrite& t) { return t.name == "model.layers.1.mlp.up_proj.weight"; });
+  });
+  EXPECT_EQ(LoadError(directory), "model.safetensors: missing tensor 'model.layers.1.mlp.up_proj.weight'");
+}
+
+TEST_F(BrokenModelTest, ExtraTensor) {
+  const std::string directory = WriteModel("extra");
+  EditTensors(directory, [](auto& tensors) {
+    tensors.push_back({"lm_head.weight", DType::kF32, {2}, std::vector<std::byte>(8)});
+  });
+  EXPECT_EQ(LoadError(directory),
+            "model.safetensors: unexpected tensor(s) not used by a matformer_ple model: lm_head.weight");
+}
+
+TEST_F(BrokenModelTest, WrongShape) {
+  const std::string directory = WriteModel("shape");
+  EditTensors(directory, [](auto& tensors) {
+    for (TensorToWrite& t : tensors) {
+      if (t.name == "model.layers.0.self_attn.k_proj.weight") t.shape = {64, 32};
+    }
+  });
+  EXPECT_EQ(LoadError(directory),
+            "model.safetensors: tensor 'model.layers.0.self_attn.k_proj.weight' has shape [64, 32], expected [32, "
+            "64] from config.json");
+}
+
+TEST_F(BrokenModelTest, WrongDtype) {
+  const std::string directory = WriteModel("dtype");
+  EditTensors(directory, [](auto& tensors) {
+    for (TensorToWrite& t : tensors) {
+      if (t.name == "model.norm.weight") {
+        t.dtype = DType::kBF16;
+        t.bytes.resize(t.bytes.size() / 2);
+      }
+    }
+  });
+  EXPECT_EQ(LoadError(directory), "model.safetensors: tensor 'model.norm.weight' has dtype BF16, config.json says F32");
+}
+
+TEST_F(BrokenModelTest, TokenizerLargerThanVocab) {
+  ModelConfig config = TinyConfig(DType::kF32);
+  config.vocab_size = 100;  // the tokenizer has 128 pieces
+  const std::string directory = FreshDirectory("vocab");
+  ASSERT_TRUE(WriteRandomModel(config, 1, directory, kTokenizer).ok());
+  EXPECT_NE(LoadError(directory).find("128 pieces exceed the model's vocab_size 100"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace matformer
