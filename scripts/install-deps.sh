@@ -8,7 +8,7 @@ PACKAGES=(
   build-essential cmake ninja-build pkg-config git
   # the C++ stack
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libdnnl-dev libabsl-dev prometheus-cpp-dev libsentencepiece-dev nlohmann-json3-dev
+  libdnnl-dev opencl-c-headers ocl-icd-opencl-dev libabsl-dev prometheus-cpp-dev libsentencepiece-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   # Python: reference implementation, training, parity tests, example client
   python3 python3-torch python3-numpy python3-sentencepiece libopenblas0-pthread sentencepiece

@@ -15,6 +15,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "core/util/status_macros.h"
 #include "nlohmann/json.hpp"
 
 namespace matformer {
@@ -22,10 +24,10 @@ namespace {
 
 using Json = nlohmann::json;
 
-constexpr std::string_view kModelType = "matformer_ple";
+constexpr absl::string_view kModelType = "matformer_ple";
 // Matches the submodel name grammar (docs/model-format.md): a name must not be
 // mistaken for the skip token or split at '-'.
-constexpr std::string_view kSkipToken = "skip";
+constexpr absl::string_view kSkipToken = "skip";
 constexpr size_t kMaxGranularities = 64;
 constexpr size_t kMaxGranularityNameLength = 64;
 constexpr int64_t kMaxConfigFileBytes = 1 << 20;
@@ -50,43 +52,40 @@ std::string Shown(const Json& json) {
   return text;
 }
 
-absl::Status FieldError(std::string_view field, std::string_view message) {
+absl::Status FieldError(absl::string_view field, absl::string_view message) {
   return absl::InvalidArgumentError(absl::StrCat("config.json: ", field, " ", message));
 }
 
-absl::StatusOr<const Json*> GetField(const Json& root, std::string_view field) {
-  auto it = root.find(field);
+absl::StatusOr<const Json*> GetField(const Json& root, absl::string_view field) {
+  auto it = root.find(std::string(field));
   if (it == root.end()) return FieldError(field, "is missing");
   return &*it;
 }
 
 // Checks that `json` is an integer in [min, max].
-absl::StatusOr<int64_t> CheckedInt(const Json& json, std::string_view field, int64_t min, int64_t max) {
+absl::StatusOr<int64_t> CheckedInt(const Json& json, absl::string_view field, int64_t min, int64_t max) {
   if (!json.is_number_integer()) {
     return FieldError(field, absl::StrCat("must be an integer, got ", json.type_name(), " ", Shown(json)));
   }
   // The parser stores every non-negative integer as unsigned; values above
   // INT64_MAX would wrap in get<int64_t>().
-  const bool in_range = json.is_number_unsigned()
-                            ? json.get<uint64_t>() <= static_cast<uint64_t>(max) &&
-                                  static_cast<int64_t>(json.get<uint64_t>()) >= min
-                            : json.get<int64_t>() >= min && json.get<int64_t>() <= max;
+  const bool in_range = json.is_number_unsigned() ? json.get<uint64_t>() <= static_cast<uint64_t>(max) &&
+                                                        static_cast<int64_t>(json.get<uint64_t>()) >= min
+                                                  : json.get<int64_t>() >= min && json.get<int64_t>() <= max;
   if (!in_range) {
     return FieldError(field, absl::StrCat("= ", Shown(json), " is outside [", min, ", ", max, "]"));
   }
   return json.get<int64_t>();
 }
 
-absl::StatusOr<int64_t> GetInt(const Json& root, std::string_view field, int64_t min, int64_t max) {
-  auto value = GetField(root, field);
-  if (!value.ok()) return value.status();
-  return CheckedInt(**value, field, min, max);
+absl::StatusOr<int64_t> GetInt(const Json& root, absl::string_view field, int64_t min, int64_t max) {
+  MF_ASSIGN_OR_RETURN(const Json* value, GetField(root, field));
+  return CheckedInt(*value, field, min, max);
 }
 
-absl::StatusOr<double> GetPositiveFinite(const Json& root, std::string_view field) {
-  auto value = GetField(root, field);
-  if (!value.ok()) return value.status();
-  const Json& json = **value;
+absl::StatusOr<double> GetPositiveFinite(const Json& root, absl::string_view field) {
+  MF_ASSIGN_OR_RETURN(const Json* value, GetField(root, field));
+  const Json& json = *value;
   if (!json.is_number()) {
     return FieldError(field, absl::StrCat("must be a number, got ", json.type_name(), " ", Shown(json)));
   }
@@ -97,64 +96,60 @@ absl::StatusOr<double> GetPositiveFinite(const Json& root, std::string_view fiel
   return number;
 }
 
-absl::StatusOr<std::string> GetString(const Json& root, std::string_view field) {
-  auto value = GetField(root, field);
-  if (!value.ok()) return value.status();
-  if (!(*value)->is_string()) {
-    return FieldError(field,
-                      absl::StrCat("must be a string, got ", (*value)->type_name(), " ", Shown(**value)));
+absl::StatusOr<std::string> GetString(const Json& root, absl::string_view field) {
+  MF_ASSIGN_OR_RETURN(const Json* value, GetField(root, field));
+  if (!value->is_string()) {
+    return FieldError(field, absl::StrCat("must be a string, got ", value->type_name(), " ", Shown(*value)));
   }
-  return (*value)->get<std::string>();
+  return value->get<std::string>();
 }
 
-absl::StatusOr<const Json*> GetArray(const Json& root, std::string_view field) {
-  auto value = GetField(root, field);
-  if (!value.ok()) return value.status();
-  if (!(*value)->is_array()) {
-    return FieldError(field, absl::StrCat("must be an array, got ", (*value)->type_name()));
+absl::StatusOr<const Json*> GetArray(const Json& root, absl::string_view field) {
+  MF_ASSIGN_OR_RETURN(const Json* value, GetField(root, field));
+  if (!value->is_array()) {
+    return FieldError(field, absl::StrCat("must be an array, got ", value->type_name()));
   }
-  if ((*value)->empty() || (*value)->size() > kMaxGranularities) {
-    return FieldError(field, absl::StrCat("has ", (*value)->size(), " entries, expected 1..",
-                                          kMaxGranularities));
+  if (value->empty() || value->size() > kMaxGranularities) {
+    return FieldError(field,
+                      absl::StrCat("has ", value->size(), " entries, expected 1..", kMaxGranularities));
   }
-  return *value;
+  return value;
 }
 
 absl::Status ParseGranularities(const Json& root, ModelConfig& config) {
-  auto array = GetArray(root, "granularities");
-  if (!array.ok()) return array.status();
-  for (size_t i = 0; i < (*array)->size(); ++i) {
+  MF_ASSIGN_OR_RETURN(const Json* array, GetArray(root, "granularities"));
+  for (size_t i = 0; i < array->size(); ++i) {
     const std::string field = absl::StrCat("granularities[", i, "]");
-    auto width = CheckedInt((**array)[i], field, 1, std::numeric_limits<int64_t>::max());
-    if (!width.ok()) return width.status();
-    if (*width > config.intermediate_size) {
-      return FieldError(field, absl::StrCat("= ", *width, " exceeds intermediate_size ", config.intermediate_size));
+    MF_ASSIGN_OR_RETURN(const int64_t width,
+                        CheckedInt((*array)[i], field, 1, std::numeric_limits<int64_t>::max()));
+    if (width > config.intermediate_size) {
+      return FieldError(field,
+                        absl::StrCat("= ", width, " exceeds intermediate_size ", config.intermediate_size));
     }
-    if (i > 0 && *width <= config.granularities.back()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "config.json: granularities must be strictly increasing: ", field, " = ", *width,
-          " <= granularities[", i - 1, "] = ", config.granularities.back()));
+    if (i > 0 && width <= config.granularities.back()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("config.json: granularities must be strictly increasing: ", field, " = ", width,
+                       " <= granularities[", i - 1, "] = ", config.granularities.back()));
     }
-    config.granularities.push_back(*width);
+    config.granularities.push_back(width);
   }
   if (config.granularities.back() != config.intermediate_size) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "config.json: granularities must end with intermediate_size ", config.intermediate_size,
-        ", the last is ", config.granularities.back()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("config.json: granularities must end with intermediate_size ", config.intermediate_size,
+                     ", the last is ", config.granularities.back()));
   }
   return absl::OkStatus();
 }
 
 absl::Status ParseGranularityNames(const Json& root, ModelConfig& config) {
-  auto array = GetArray(root, "granularity_names");
-  if (!array.ok()) return array.status();
-  if ((*array)->size() != config.granularities.size()) {
-    return FieldError("granularity_names", absl::StrCat("has ", (*array)->size(), " entries, granularities has ",
+  MF_ASSIGN_OR_RETURN(const Json* array, GetArray(root, "granularity_names"));
+  if (array->size() != config.granularities.size()) {
+    return FieldError("granularity_names", absl::StrCat("has ", array->size(), " entries, granularities has ",
                                                         config.granularities.size()));
   }
   absl::flat_hash_set<std::string> seen;
-  for (size_t i = 0; i < (*array)->size(); ++i) {
-    const Json& entry = (**array)[i];
+  for (size_t i = 0; i < array->size(); ++i) {
+    const Json& entry = (*array)[i];
     const std::string field = absl::StrCat("granularity_names[", i, "]");
     if (!entry.is_string()) {
       return FieldError(field, absl::StrCat("must be a string, got ", entry.type_name(), " ", Shown(entry)));
@@ -165,8 +160,8 @@ absl::Status ParseGranularityNames(const Json& root, ModelConfig& config) {
     }
     for (unsigned char c : name) {
       if (c == '-' || absl::ascii_isspace(c) || absl::ascii_iscntrl(c)) {
-        return FieldError(field, absl::StrCat("= \"", name,
-                                              "\" must not contain '-', whitespace or control characters"));
+        return FieldError(
+            field, absl::StrCat("= \"", name, "\" must not contain '-', whitespace or control characters"));
       }
     }
     if (name == kSkipToken) {
@@ -176,8 +171,8 @@ absl::Status ParseGranularityNames(const Json& root, ModelConfig& config) {
     // name is only unambiguous when it is its own width.
     const bool all_digits = std::all_of(name.begin(), name.end(), absl::ascii_isdigit);
     if (all_digits && name != absl::StrCat(config.granularities[i])) {
-      return FieldError(field, absl::StrCat("= \"", name, "\" is a number other than its width ",
-                                            config.granularities[i]));
+      return FieldError(
+          field, absl::StrCat("= \"", name, "\" is a number other than its width ", config.granularities[i]));
     }
     if (!seen.insert(name).second) {
       return FieldError(field, absl::StrCat("= \"", name, "\" is a duplicate"));
@@ -187,103 +182,81 @@ absl::Status ParseGranularityNames(const Json& root, ModelConfig& config) {
   return absl::OkStatus();
 }
 
-absl::Status ParseTokenId(const Json& root, std::string_view field, int64_t vocab_size, int& out) {
-  auto value = GetInt(root, field, 0, vocab_size - 1);
-  if (!value.ok()) return value.status();
-  out = static_cast<int>(*value);
-  return absl::OkStatus();
-}
-
-// Assigns a checked integer field or returns its error from the enclosing function.
-#define MATFORMER_ASSIGN_INT(lhs, field, min, max)        \
-  do {                                                    \
-    auto value_ = GetInt(root, field, min, max);          \
-    if (!value_.ok()) return value_.status();             \
-    lhs = static_cast<decltype(lhs)>(*value_);            \
-  } while (false)
-
 absl::StatusOr<ModelConfig> ParseRoot(const Json& root) {
   ModelConfig config;
 
-  auto model_type = GetString(root, "model_type");
-  if (!model_type.ok()) return model_type.status();
-  if (*model_type != kModelType) {
-    return FieldError("model_type", absl::StrCat("= ", Shown(Json(*model_type)), ", expected \"", kModelType, "\""));
+  MF_ASSIGN_OR_RETURN(const std::string model_type, GetString(root, "model_type"));
+  if (model_type != kModelType) {
+    return FieldError("model_type",
+                      absl::StrCat("= ", Shown(Json(model_type)), ", expected \"", kModelType, "\""));
   }
 
-  MATFORMER_ASSIGN_INT(config.vocab_size, "vocab_size", 1, kMaxVocab);
-  MATFORMER_ASSIGN_INT(config.hidden_size, "hidden_size", 2, kMaxHidden);
+  MF_ASSIGN_OR_RETURN(config.vocab_size, GetInt(root, "vocab_size", 1, kMaxVocab));
+  MF_ASSIGN_OR_RETURN(config.hidden_size, GetInt(root, "hidden_size", 2, kMaxHidden));
   if (config.hidden_size % 2 != 0) {
     return FieldError("hidden_size", absl::StrCat("= ", config.hidden_size, " must be even"));
   }
-  MATFORMER_ASSIGN_INT(config.intermediate_size, "intermediate_size", 1, kMaxIntermediate);
-  MATFORMER_ASSIGN_INT(config.num_layers, "num_hidden_layers", 1, kMaxLayers);
-  MATFORMER_ASSIGN_INT(config.num_heads, "num_attention_heads", 1, kMaxHeads);
-  MATFORMER_ASSIGN_INT(config.num_kv_heads, "num_key_value_heads", 1, config.num_heads);
+  MF_ASSIGN_OR_RETURN(config.intermediate_size, GetInt(root, "intermediate_size", 1, kMaxIntermediate));
+  MF_ASSIGN_OR_RETURN(config.num_layers, GetInt(root, "num_hidden_layers", 1, kMaxLayers));
+  MF_ASSIGN_OR_RETURN(config.num_heads, GetInt(root, "num_attention_heads", 1, kMaxHeads));
+  MF_ASSIGN_OR_RETURN(config.num_kv_heads, GetInt(root, "num_key_value_heads", 1, config.num_heads));
   if (config.num_heads % config.num_kv_heads != 0) {
-    return FieldError("num_key_value_heads",
-                      absl::StrCat("= ", config.num_kv_heads, " must divide num_attention_heads ",
-                                   config.num_heads));
+    return FieldError(
+        "num_key_value_heads",
+        absl::StrCat("= ", config.num_kv_heads, " must divide num_attention_heads ", config.num_heads));
   }
-  MATFORMER_ASSIGN_INT(config.head_dim, "head_dim", 2, kMaxHeadDim);
+  MF_ASSIGN_OR_RETURN(config.head_dim, GetInt(root, "head_dim", 2, kMaxHeadDim));
   if (config.head_dim % 2 != 0) {
     return FieldError("head_dim", absl::StrCat("= ", config.head_dim, " must be even (RoPE rotates pairs)"));
   }
-  MATFORMER_ASSIGN_INT(config.ple_dim, "hidden_size_per_layer_input", 1, kMaxPleDim);
-  MATFORMER_ASSIGN_INT(config.max_position_embeddings, "max_position_embeddings", 1, kMaxPositions);
+  MF_ASSIGN_OR_RETURN(config.ple_dim, GetInt(root, "hidden_size_per_layer_input", 1, kMaxPleDim));
+  MF_ASSIGN_OR_RETURN(config.max_position_embeddings,
+                      GetInt(root, "max_position_embeddings", 1, kMaxPositions));
 
-  if (auto status = ParseGranularities(root, config); !status.ok()) return status;
-  if (auto status = ParseGranularityNames(root, config); !status.ok()) return status;
+  MF_RETURN_IF_ERROR(ParseGranularities(root, config));
+  MF_RETURN_IF_ERROR(ParseGranularityNames(root, config));
 
-  auto rope_theta = GetPositiveFinite(root, "rope_theta");
-  if (!rope_theta.ok()) return rope_theta.status();
-  config.rope_theta = *rope_theta;
-  auto rms_norm_eps = GetPositiveFinite(root, "rms_norm_eps");
-  if (!rms_norm_eps.ok()) return rms_norm_eps.status();
-  config.rms_norm_eps = *rms_norm_eps;
+  MF_ASSIGN_OR_RETURN(config.rope_theta, GetPositiveFinite(root, "rope_theta"));
+  MF_ASSIGN_OR_RETURN(config.rms_norm_eps, GetPositiveFinite(root, "rms_norm_eps"));
 
-  auto activation = GetString(root, "hidden_activation");
-  if (!activation.ok()) return activation.status();
-  if (*activation == "gelu_pytorch_tanh") {
+  MF_ASSIGN_OR_RETURN(const std::string activation, GetString(root, "hidden_activation"));
+  if (activation == "gelu_pytorch_tanh") {
     config.activation = Activation::kGeluTanh;
-  } else if (*activation == "silu") {
+  } else if (activation == "silu") {
     config.activation = Activation::kSilu;
   } else {
-    return FieldError("hidden_activation",
-                      absl::StrCat("= ", Shown(Json(*activation)), ", expected \"gelu_pytorch_tanh\" or \"silu\""));
+    return FieldError("hidden_activation", absl::StrCat("= ", Shown(Json(activation)),
+                                                        ", expected \"gelu_pytorch_tanh\" or \"silu\""));
   }
 
-  auto tie = GetField(root, "tie_word_embeddings");
-  if (!tie.ok()) return tie.status();
-  if (!(*tie)->is_boolean()) {
+  MF_ASSIGN_OR_RETURN(const Json* tie, GetField(root, "tie_word_embeddings"));
+  if (!tie->is_boolean()) {
     return FieldError("tie_word_embeddings",
-                      absl::StrCat("must be a boolean, got ", (*tie)->type_name(), " ", Shown(**tie)));
+                      absl::StrCat("must be a boolean, got ", tie->type_name(), " ", Shown(*tie)));
   }
-  if (!(*tie)->get<bool>()) {
+  if (!tie->get<bool>()) {
     return FieldError("tie_word_embeddings", "must be true (the LM head is embed_tokens)");
   }
 
-  auto dtype = GetString(root, "torch_dtype");
-  if (!dtype.ok()) return dtype.status();
-  if (*dtype == "float32") {
+  MF_ASSIGN_OR_RETURN(const std::string dtype, GetString(root, "torch_dtype"));
+  if (dtype == "float32") {
     config.dtype = DType::kF32;
-  } else if (*dtype == "bfloat16") {
+  } else if (dtype == "bfloat16") {
     config.dtype = DType::kBF16;
   } else {
-    return FieldError("torch_dtype", absl::StrCat("= ", Shown(Json(*dtype)), ", expected \"float32\" or \"bfloat16\""));
+    return FieldError("torch_dtype",
+                      absl::StrCat("= ", Shown(Json(dtype)), ", expected \"float32\" or \"bfloat16\""));
   }
 
-  if (auto s = ParseTokenId(root, "bos_token_id", config.vocab_size, config.bos_token_id); !s.ok()) return s;
-  if (auto s = ParseTokenId(root, "eos_token_id", config.vocab_size, config.eos_token_id); !s.ok()) return s;
-  if (auto s = ParseTokenId(root, "pad_token_id", config.vocab_size, config.pad_token_id); !s.ok()) return s;
+  MF_ASSIGN_OR_RETURN(config.bos_token_id, GetInt(root, "bos_token_id", 0, config.vocab_size - 1));
+  MF_ASSIGN_OR_RETURN(config.eos_token_id, GetInt(root, "eos_token_id", 0, config.vocab_size - 1));
+  MF_ASSIGN_OR_RETURN(config.pad_token_id, GetInt(root, "pad_token_id", 0, config.vocab_size - 1));
   return config;
 }
 
-#undef MATFORMER_ASSIGN_INT
-
 }  // namespace
 
-std::string_view DTypeName(DType dtype) {
+absl::string_view DTypeName(DType dtype) {
   switch (dtype) {
     case DType::kF32:
       return "F32";
@@ -310,12 +283,12 @@ int ModelConfig::GranularityIndex(int64_t width) const {
   return -1;
 }
 
-absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
+absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text) {
   // The parser's exception is the only place its message (with the byte
   // position) is available; it is caught here so no exception leaves.
   Json root;
   try {
-    root = Json::parse(json_text);
+    root = Json::parse(json_text.begin(), json_text.end());
   } catch (const Json::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat("config.json: not valid JSON: ", e.what()));
   }
@@ -358,7 +331,7 @@ absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& path) {
 
 std::string ModelConfigToJson(const ModelConfig& config) {
   nlohmann::ordered_json json;
-  json["model_type"] = kModelType;
+  json["model_type"] = std::string(kModelType);
   json["vocab_size"] = config.vocab_size;
   json["hidden_size"] = config.hidden_size;
   json["intermediate_size"] = config.intermediate_size;

@@ -58,6 +58,16 @@ class Model {
   size_t packed_bytes_ = 0;
 };
 
+// A tensor that a model of some config must hold (docs/model-format.md).
+struct ExpectedTensor {
+  std::string name;
+  std::vector<int64_t> shape;
+  bool is_norm;  // an RMSNorm weight (1-D); everything else is a matrix or a table
+};
+// Exactly the tensors of a model of `config`, in file order: the one list the
+// loader validates against and the model writers produce.
+std::vector<ExpectedTensor> ExpectedTensors(const ModelConfig& config);
+
 // Loads and validates the weights of `config` from `file` (exposed for tests).
 absl::StatusOr<ModelWeights> LoadWeights(const ModelConfig& config, const SafetensorsFile& file);
 

@@ -7,9 +7,16 @@ specs, one with skipped layers), the engine prefills 64 tokens and then
 decodes 16 more one at a time with its KV cache (`matformer-logits`); the
 reference runs the same 80 tokens in one uncached forward pass.
 
-Tolerance: 1e-3 max abs on the logits. For bf16 models the reference rounds
-the input of every weight matmul to bf16 as the engine does (weights are
-bf16 in both), so what remains is f32 summation order.
+Tolerance: 1e-3 max abs on the logits for f32 models (measured: ~1e-6).
+For bf16 models the reference rounds the input of every weight matmul to
+bf16 as the engine does (weights are bf16 in both). What remains is f32
+summation order, which is invisible except where an activation sits on a
+bf16 rounding boundary: there the two sides round it one bf16 ulp (2^-8
+relative) apart, and that step propagates through the later layers. Measured
+on the random bf16 model: 2e-7 for specs without such a flip, up to 3e-3
+with one. The bf16 tolerance is 1e-2 (about 1% of the logit scale, still an
+order of magnitude below the gap between neighbouring granularities, which
+the test also checks).
 """
 import argparse
 import os
@@ -25,7 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, os.path.join(ROOT, "train"))
 from matformer_ref.model import MatFormerPLE  # noqa: E402
 
-TOLERANCE = 1e-3
+TOLERANCE = {"float32": 1e-3, "bfloat16": 1e-2}
 PROMPT, DECODE = 64, 16
 
 _f32_linear = F.linear
@@ -53,7 +60,9 @@ def check_model(build_dir, model_dir, label):
     rng = np.random.default_rng(0)
     tokens = rng.integers(3, min(config["vocab_size"], 128), size=PROMPT + DECODE)
     token_arg = ",".join(str(t) for t in tokens)
+    tolerance = TOLERANCE[config["torch_dtype"]]
     failures = 0
+    references = {}
     with tempfile.TemporaryDirectory() as tmp:
         for spec in specs_for(config["num_hidden_layers"], config["granularity_names"]):
             out = os.path.join(tmp, "logits.npy")
@@ -63,12 +72,18 @@ def check_model(build_dir, model_dir, label):
             engine = np.load(out)
             with torch.no_grad():
                 reference = model.forward_spec(torch.tensor(tokens)[None], spec)[0].numpy()
+            references[spec] = reference
             error = float(np.abs(engine - reference).max())
             decode_error = float(np.abs(engine[PROMPT:] - reference[PROMPT:]).max())
-            ok = error <= TOLERANCE and engine.shape == reference.shape
+            ok = error <= tolerance and engine.shape == reference.shape
             failures += not ok
             print(f"{'PASS' if ok else 'FAIL'} {label:12s} {spec:28s} max|engine-ref| {error:.2e} "
                   f"(decode steps {decode_error:.2e}, logit scale {np.abs(reference).max():.2f})")
+    names = config["granularity_names"]
+    gap = float(np.abs(references[names[0]] - references[names[-1]]).max())
+    ok = gap > 10 * tolerance
+    failures += not ok
+    print(f"{'PASS' if ok else 'FAIL'} {label:12s} {names[0]} vs {names[-1]} differ by {gap:.2e} (> 10x tolerance)")
     F.linear = _f32_linear
     return failures
 

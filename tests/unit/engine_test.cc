@@ -16,7 +16,7 @@ namespace {
 
 ModelConfig TinyConfig(DType dtype) {
   ModelConfig c;
-  c.vocab_size = 160;
+  c.vocab_size = 128;  // the test tokenizer's piece count
   c.hidden_size = 64;
   c.intermediate_size = 128;
   c.num_layers = 3;
@@ -53,7 +53,7 @@ std::shared_ptr<const Model> LoadTinyModel(DType dtype) {
 
 std::vector<int32_t> Tokens(int count, int offset) {
   std::vector<int32_t> tokens;
-  for (int i = 0; i < count; ++i) tokens.push_back(3 + (i * 37 + offset) % 150);
+  for (int i = 0; i < count; ++i) tokens.push_back(3 + (i * 37 + offset) % 120);
   return tokens;
 }
 
@@ -173,9 +173,9 @@ TEST_P(EngineTest, KvBlocksReturnToThePoolAndExhaustionIsAnError) {
 
 TEST_P(EngineTest, BadStepsAreClearErrors) {
   auto sequence = engine_->NewSequence(Spec("XL"));
-  const std::vector<int32_t> bad_token = {5, 160};
+  const std::vector<int32_t> bad_token = {5, 128};
   StepInput input{sequence.get(), bad_token};
-  EXPECT_EQ(engine_->Step({&input, 1}).status().message(), "token id 160 outside [0, 160)");
+  EXPECT_EQ(engine_->Step({&input, 1}).status().message(), "token id 128 outside [0, 128)");
   const std::vector<int32_t> too_long = Tokens(129, 0);
   input.tokens = too_long;
   EXPECT_EQ(engine_->Step({&input, 1}).status().message(),

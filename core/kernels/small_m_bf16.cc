@@ -1,0 +1,120 @@
+#include "core/kernels/small_m_bf16.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+
+namespace matformer::kernels_internal {
+namespace {
+
+// Rows per register tile: 6 rows x 4 zmm accumulators + 4 zmm of weights + 1
+// broadcast fit in the 32 zmm registers.
+constexpr int kTileRows = 6;
+// With more than one row tile, the tiles take turns over chunks of this many k
+// pairs (16 KiB of a column block), so the tiles after the first find the
+// chunk in L1 and the weights are still read front to back, which keeps the
+// hardware prefetcher streaming from DRAM while the tiles compute. y holds the
+// running sums between chunks. A single tile runs the whole of k at once.
+constexpr int64_t kChunkPairs = 64;
+// bf16 elements of one k pair of a column block: 64 columns x 2 k.
+constexpr int64_t kPairStride = kPackBlockN * 2;
+
+inline __m512bh AsBh(__m512i v) { return reinterpret_cast<__m512bh>(v); }
+
+// Accumulates rows [0, R) of x against pairs [p_begin, p_end) of one column
+// block into y. With `odd_k` the single trailing k (index k - 1, paired with a
+// zero-padded weight) is added too; it is loaded alone so that the next row's
+// first element, which may be an Inf, never meets the zero weight.
+template <int R>
+void Tile(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t p_begin, int64_t p_end,
+          bool odd_k, int64_t k, float* y, int64_t ldy, const __mmask16 (&mask)[4], bool load_y) {
+  __m512 acc[R][4];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) {
+      acc[r][j] = load_y ? _mm512_maskz_loadu_ps(mask[j], y + r * ldy + 16 * j) : _mm512_setzero_ps();
+    }
+  }
+  for (int64_t p = p_begin; p < p_end; ++p) {
+    const uint16_t* wp = w + p * kPairStride;
+    const __m512bh w0 = AsBh(_mm512_load_si512(wp));
+    const __m512bh w1 = AsBh(_mm512_load_si512(wp + 32));
+    const __m512bh w2 = AsBh(_mm512_load_si512(wp + 64));
+    const __m512bh w3 = AsBh(_mm512_load_si512(wp + 96));
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      int32_t pair;
+      std::memcpy(&pair, x + r * ldx + 2 * p, sizeof(pair));
+      const __m512bh b = AsBh(_mm512_set1_epi32(pair));
+      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], b, w0);
+      acc[r][1] = _mm512_dpbf16_ps(acc[r][1], b, w1);
+      acc[r][2] = _mm512_dpbf16_ps(acc[r][2], b, w2);
+      acc[r][3] = _mm512_dpbf16_ps(acc[r][3], b, w3);
+    }
+  }
+  if (odd_k) {
+    const uint16_t* wp = w + (k / 2) * kPairStride;
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512bh b = AsBh(_mm512_set1_epi32(x[r * ldx + k - 1]));
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        acc[r][j] = _mm512_dpbf16_ps(acc[r][j], b, AsBh(_mm512_load_si512(wp + 32 * j)));
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) _mm512_mask_storeu_ps(y + r * ldy + 16 * j, mask[j], acc[r][j]);
+  }
+}
+
+void TileRows(int rows, const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t p_begin,
+              int64_t p_end, bool odd_k, int64_t k, float* y, int64_t ldy,
+              const __mmask16 (&mask)[4], bool load_y) {
+  switch (rows) {
+    case 1: return Tile<1>(x, ldx, w, p_begin, p_end, odd_k, k, y, ldy, mask, load_y);
+    case 2: return Tile<2>(x, ldx, w, p_begin, p_end, odd_k, k, y, ldy, mask, load_y);
+    case 3: return Tile<3>(x, ldx, w, p_begin, p_end, odd_k, k, y, ldy, mask, load_y);
+    case 4: return Tile<4>(x, ldx, w, p_begin, p_end, odd_k, k, y, ldy, mask, load_y);
+    case 5: return Tile<5>(x, ldx, w, p_begin, p_end, odd_k, k, y, ldy, mask, load_y);
+    default: return Tile<6>(x, ldx, w, p_begin, p_end, odd_k, k, y, ldy, mask, load_y);
+  }
+}
+
+}  // namespace
+
+void SmallMBf16MatMul(const uint16_t* x, int64_t m, int64_t ldx, const uint16_t* w, int64_t n,
+                      int64_t k, float* y, int64_t ldy, bool accumulate) {
+  const int64_t k_padded = (k + kPackBlockK - 1) / kPackBlockK * kPackBlockK;
+  const int64_t n_blocks = (n + kPackBlockN - 1) / kPackBlockN;
+  const int64_t full_pairs = k / 2;
+  const int64_t total_pairs = (k + 1) / 2;
+  const int64_t chunk_pairs = m <= kTileRows ? total_pairs : kChunkPairs;
+#pragma omp parallel for schedule(static)
+  for (int64_t nb = 0; nb < n_blocks; ++nb) {
+    const uint16_t* wb = w + nb * k_padded * kPackBlockN;
+    const int64_t valid = std::min(kPackBlockN, n - nb * kPackBlockN);
+    __mmask16 mask[4];
+    for (int j = 0; j < 4; ++j) {
+      const int64_t cols = std::clamp<int64_t>(valid - 16 * j, 0, 16);
+      mask[j] = static_cast<__mmask16>((uint32_t{1} << cols) - 1);
+    }
+    float* yb = y + nb * kPackBlockN;
+    for (int64_t p0 = 0; p0 < total_pairs; p0 += chunk_pairs) {
+      const bool last_chunk = p0 + chunk_pairs >= total_pairs;
+      const int64_t p1 = std::min(p0 + chunk_pairs, full_pairs);
+      const bool odd_k = last_chunk && (k % 2 != 0);
+      const bool load_y = accumulate || p0 > 0;
+      for (int64_t i = 0; i < m; i += kTileRows) {
+        const int rows = static_cast<int>(std::min<int64_t>(kTileRows, m - i));
+        TileRows(rows, x + i * ldx, ldx, wb, p0, p1, odd_k, k, yb + i * ldy, ldy, mask, load_y);
+      }
+    }
+  }
+}
+
+}  // namespace matformer::kernels_internal

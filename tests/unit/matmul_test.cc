@@ -1,0 +1,286 @@
+#include "core/kernels/matmul.h"
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "core/kernels/small_m_bf16.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace matformer {
+namespace {
+
+using kernels_internal::kSmallMMaxRows;
+using ::testing::FloatNear;
+using ::testing::HasSubstr;
+using ::testing::Pointwise;
+
+uint16_t ToBf16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof(bits));
+  return static_cast<uint16_t>((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
+}
+
+float FromBf16(uint16_t h) {
+  const uint32_t bits = uint32_t{h} << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+// A weight tensor [rows, cols] held by the test, with its values as the
+// engine sees them (bf16-rounded for bf16) for the reference.
+struct Weights {
+  DType dtype;
+  int64_t rows;
+  int64_t cols;
+  std::vector<float> values;
+  std::vector<std::byte> bytes;
+
+  TensorView View(const std::string& name) const {
+    TensorView view;
+    view.name = name;
+    view.dtype = dtype;
+    view.shape = {rows, cols};
+    view.data = bytes.data();
+    view.nbytes = bytes.size();
+    return view;
+  }
+};
+
+Weights RandomWeights(DType dtype, int64_t rows, int64_t cols, std::mt19937& rng) {
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  Weights w{dtype, rows, cols, std::vector<float>(rows * cols), {}};
+  if (dtype == DType::kBF16) {
+    std::vector<uint16_t> raw(rows * cols);
+    for (size_t i = 0; i < raw.size(); ++i) {
+      raw[i] = ToBf16(dist(rng));
+      w.values[i] = FromBf16(raw[i]);
+    }
+    w.bytes.resize(raw.size() * sizeof(uint16_t));
+    std::memcpy(w.bytes.data(), raw.data(), w.bytes.size());
+  } else {
+    for (float& v : w.values) v = dist(rng);
+    w.bytes.resize(w.values.size() * sizeof(float));
+    std::memcpy(w.bytes.data(), w.values.data(), w.bytes.size());
+  }
+  return w;
+}
+
+std::vector<float> RandomVector(size_t size, std::mt19937& rng) {
+  std::uniform_real_distribution<float> dist(-2.0f, 2.0f);
+  std::vector<float> v(size);
+  for (float& f : v) f = dist(rng);
+  return v;
+}
+
+struct Case {
+  DType dtype;
+  int64_t rows, cols;          // source tensor
+  int64_t n0, n1, k0, k1;      // packed block
+  int64_t m;
+  int64_t ldx_pad, ldy_pad;    // extra elements per row of x and y
+  bool accumulate;
+};
+
+std::string CaseName(const Case& c) {
+  return absl::StrCat(c.dtype == DType::kBF16 ? "bf16" : "f32", "_w", c.rows, "x", c.cols, "_n",
+                      c.n0, "to", c.n1, "_k", c.k0, "to", c.k1, "_m", c.m, "_ldxpad", c.ldx_pad,
+                      "_ldypad", c.ldy_pad, c.accumulate ? "_acc" : "");
+}
+
+// Runs MatMul for the case and checks every output against a double-precision
+// sum over the inputs as the engine sees them (x rounded to bf16 for bf16
+// weights). The tolerance is 1e-4 of sum |x||w| (plus |y0| when accumulating):
+// f32 accumulation of k terms errs by at most about k * 2^-24 of that sum,
+// below 1e-4 for the k <= 1000 used here; a wrong index or layout errs by O(1).
+void CheckCase(const Case& c) {
+  SCOPED_TRACE(CaseName(c));
+  std::mt19937 rng(static_cast<uint32_t>(c.rows * 131 + c.cols * 7 + c.m));
+  const Weights w = RandomWeights(c.dtype, c.rows, c.cols, rng);
+  absl::StatusOr<PackedMatrix> packed = PackedMatrix::Pack(w.View("w"), c.n0, c.n1, c.k0, c.k1);
+  ASSERT_TRUE(packed.ok()) << packed.status();
+  const int64_t n = c.n1 - c.n0;
+  const int64_t k = c.k1 - c.k0;
+  ASSERT_EQ(packed->n(), n);
+  ASSERT_EQ(packed->k(), k);
+  ASSERT_EQ(packed->dtype(), c.dtype);
+  ASSERT_GE(packed->bytes(), static_cast<size_t>(n * k) * (c.dtype == DType::kBF16 ? 2 : 4));
+
+  const int64_t ldx = k + c.ldx_pad;
+  const int64_t ldy = n + c.ldy_pad;
+  const std::vector<float> x = RandomVector(std::max<int64_t>(c.m, 1) * ldx, rng);
+  const std::vector<float> y0 = RandomVector(std::max<int64_t>(c.m, 1) * ldy, rng);
+  std::vector<float> y = y0;
+  MatMul(x.data(), c.m, ldx, *packed, y.data(), ldy, c.accumulate);
+
+  for (int64_t i = 0; i < c.m; ++i) {
+    for (int64_t j = 0; j < n; ++j) {
+      double sum = c.accumulate ? y0[i * ldy + j] : 0.0;
+      double magnitude = c.accumulate ? std::abs(y0[i * ldy + j]) : 0.0;
+      for (int64_t l = 0; l < k; ++l) {
+        float xv = x[i * ldx + l];
+        if (c.dtype == DType::kBF16) xv = FromBf16(ToBf16(xv));
+        const double wv = w.values[(c.n0 + j) * c.cols + c.k0 + l];
+        sum += xv * wv;
+        magnitude += std::abs(xv * wv);
+      }
+      ASSERT_NEAR(y[i * ldy + j], sum, 1e-4 * magnitude + 1e-30) << "at row " << i << " col " << j;
+    }
+    // Padding between rows of y is not written.
+    for (int64_t j = n; j < ldy; ++j) ASSERT_EQ(y[i * ldy + j], y0[i * ldy + j]);
+  }
+  // Rows past m are not written.
+  for (size_t i = c.m * ldy; i < y.size(); ++i) ASSERT_EQ(y[i], y0[i]);
+}
+
+class MatMulTest : public ::testing::TestWithParam<DType> {};
+
+TEST_P(MatMulTest, MatchesReferenceAcrossShapesAndRowCounts) {
+  const DType dtype = GetParam();
+  struct Shape {
+    int64_t rows, cols, n0, n1, k0, k1;
+  };
+  // Whole tensors with and without multiples of the 64 x 32 packing blocks,
+  // odd k, a single column, and sub-blocks that start inside the tensor.
+  const Shape shapes[] = {
+      {200, 72, 0, 200, 0, 72},   {128, 64, 0, 128, 0, 64},  {70, 37, 0, 70, 0, 37},
+      {1, 1, 0, 1, 0, 1},         {300, 160, 45, 245, 0, 160}, {96, 500, 0, 96, 13, 430},
+      {260, 90, 17, 80, 5, 88},
+  };
+  for (const Shape& s : shapes) {
+    // Up to kSmallMMaxRows rows run on the small-M kernel, more on oneDNN:
+    // 17 pads to 32 rows through a scratch y, 64 writes y directly when it is
+    // dense, 260 is a 256-row oneDNN piece and a 4-row kernel piece, 300 is
+    // 256 + 44 on oneDNN.
+    for (int64_t m : {0, 1, 3, 8, 17, 64, 260, 300}) {
+      for (bool accumulate : {false, true}) {
+        CheckCase({dtype, s.rows, s.cols, s.n0, s.n1, s.k0, s.k1, m, 0, 0, accumulate});
+        CheckCase({dtype, s.rows, s.cols, s.n0, s.n1, s.k0, s.k1, m, 5, 11, accumulate});
+        if (HasFailure()) return;
+      }
+    }
+  }
+}
+
+TEST_P(MatMulTest, LongOddK) {
+  // k = 2501: the small-M kernel walks it in many chunks when it has several
+  // row tiles (y carries the partial sums) and in one pass for a single tile;
+  // the last, odd k is paired with zero padding.
+  for (int64_t m : {1, 7, 16, 40}) {
+    CheckCase({GetParam(), 90, 2600, 3, 83, 50, 2551, m, 3, 2, false});
+    CheckCase({GetParam(), 90, 2600, 3, 83, 50, 2551, m, 0, 0, true});
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(DTypes, MatMulTest, ::testing::Values(DType::kF32, DType::kBF16),
+                         [](const auto& info) {
+                           return std::string(info.param == DType::kBF16 ? "BF16" : "F32");
+                         });
+
+// The small-M kernel and oneDNN read the same packed buffer; row counts on
+// either side of the threshold must agree with each other row by row.
+TEST(MatMulBf16Test, SmallMKernelAndOnednnAgree) {
+  if (!__builtin_cpu_supports("avx512bf16")) {
+    GTEST_SKIP() << "no AVX512_BF16: every row count runs on oneDNN";
+  }
+  std::mt19937 rng(7);
+  for (const auto& [rows, cols] : {std::pair<int64_t, int64_t>{200, 72}, {384, 1536}, {1000, 33}}) {
+    SCOPED_TRACE(absl::StrCat(rows, "x", cols));
+    const Weights w = RandomWeights(DType::kBF16, rows, cols, rng);
+    absl::StatusOr<PackedMatrix> packed = PackedMatrix::PackAll(w.View("w"));
+    ASSERT_TRUE(packed.ok()) << packed.status();
+    const int64_t m = 4 * kSmallMMaxRows + 3;
+    const std::vector<float> x = RandomVector(m * cols, rng);
+    std::vector<float> big(m * rows);
+    MatMul(x.data(), m, cols, *packed, big.data(), rows, false);
+    std::vector<float> small(m * rows);
+    for (int64_t i = 0; i < m; i += kSmallMMaxRows) {
+      MatMul(x.data() + i * cols, std::min(kSmallMMaxRows, m - i), cols, *packed,
+             small.data() + i * rows, rows, false);
+    }
+    for (int64_t i = 0; i < m * rows; ++i) {
+      double magnitude = 0;
+      for (int64_t l = 0; l < cols; ++l) {
+        magnitude += std::abs(FromBf16(ToBf16(x[i / rows * cols + l])) *
+                              w.values[(i % rows) * cols + l]);
+      }
+      ASSERT_NEAR(small[i], big[i], 1e-4 * magnitude) << "row " << i / rows << " col " << i % rows;
+    }
+  }
+}
+
+TEST(MatMulBf16Test, ConcurrentCallersGetCorrectResults) {
+  std::mt19937 rng(11);
+  const Weights w = RandomWeights(DType::kBF16, 192, 256, rng);
+  absl::StatusOr<PackedMatrix> packed = PackedMatrix::PackAll(w.View("w"));
+  ASSERT_TRUE(packed.ok()) << packed.status();
+  const int64_t m = 40;
+  const std::vector<float> x = RandomVector(m * 256, rng);
+  std::vector<float> expected(m * 192);
+  MatMul(x.data(), m, 256, *packed, expected.data(), 192, false);
+  std::vector<std::vector<float>> results(4, std::vector<float>(m * 192));
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      // Alternate row counts so that both paths run concurrently.
+      for (int rep = 0; rep < 20; ++rep) {
+        const int64_t rows = (t + rep) % 2 == 0 ? m : 5;
+        MatMul(x.data(), rows, 256, *packed, results[t].data(), 192, false);
+      }
+      MatMul(x.data(), m, 256, *packed, results[t].data(), 192, false);
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  // Not bitwise: oneDNN may split work differently when callers compete for cores.
+  for (const std::vector<float>& result : results) {
+    EXPECT_THAT(result, Pointwise(FloatNear(1e-3f), expected));
+  }
+}
+
+TEST(PackedMatrixTest, InvalidArgumentsNameTheTensor) {
+  std::mt19937 rng(3);
+  const Weights w = RandomWeights(DType::kBF16, 10, 20, rng);
+  const TensorView view = w.View("layers.0.mlp.up_proj.weight");
+  struct Bad {
+    int64_t n0, n1, k0, k1;
+    const char* limit;
+  };
+  for (const Bad& bad : {Bad{0, 11, 0, 20, "[0, 10)"}, Bad{-1, 5, 0, 20, "[0, 10)"},
+                         Bad{4, 4, 0, 20, "[0, 10)"}, Bad{0, 10, 0, 21, "[0, 20)"},
+                         Bad{0, 10, 7, 3, "[0, 20)"}}) {
+    absl::StatusOr<PackedMatrix> packed = PackedMatrix::Pack(view, bad.n0, bad.n1, bad.k0, bad.k1);
+    ASSERT_FALSE(packed.ok());
+    EXPECT_EQ(packed.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(packed.status().message(), HasSubstr("layers.0.mlp.up_proj.weight"));
+    EXPECT_THAT(packed.status().message(), HasSubstr(bad.limit));
+  }
+
+  TensorView one_d = view;
+  one_d.shape = {200};
+  absl::StatusOr<PackedMatrix> packed = PackedMatrix::PackAll(one_d);
+  EXPECT_EQ(packed.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(packed.status().message(), HasSubstr("layers.0.mlp.up_proj.weight"));
+
+  TensorView empty = view;
+  empty.shape = {0, 20};
+  packed = PackedMatrix::PackAll(empty);
+  EXPECT_EQ(packed.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(packed.status().message(), HasSubstr("layers.0.mlp.up_proj.weight"));
+
+  TensorView short_data = view;
+  short_data.nbytes = 100;
+  packed = PackedMatrix::PackAll(short_data);
+  EXPECT_EQ(packed.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(packed.status().message(), HasSubstr("layers.0.mlp.up_proj.weight"));
+}
+
+}  // namespace
+}  // namespace matformer
