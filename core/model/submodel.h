@@ -26,6 +26,7 @@ class SubmodelSpec {
   // with widths in neurons ("192-192-384-384-768-1536").
   static absl::StatusOr<SubmodelSpec> Parse(const ModelConfig& config, absl::string_view text);
   static SubmodelSpec Full(const ModelConfig& config);
+  SubmodelSpec() = default;  // an empty spec (no layers): a placeholder until assigned
 
   const std::string& name() const { return name_; }
   uint64_t hash() const { return hash_; }
@@ -41,7 +42,6 @@ class SubmodelSpec {
   bool operator==(const SubmodelSpec& other) const { return name_ == other.name_; }
 
  private:
-  SubmodelSpec() = default;
   std::vector<int64_t> ffn_widths_;
   std::vector<bool> skipped_;
   std::string name_;

@@ -10,45 +10,17 @@
 #include "core/generate.h"
 #include "core/model/random_model.h"
 #include "gtest/gtest.h"
+#include "tests/unit/test_model.h"
 
 namespace matformer {
 namespace {
 
-ModelConfig TinyConfig(DType dtype) {
-  ModelConfig c;
-  c.vocab_size = 128;  // the test tokenizer's piece count
-  c.hidden_size = 64;
-  c.intermediate_size = 128;
-  c.num_layers = 3;
-  c.num_heads = 4;
-  c.num_kv_heads = 2;
-  c.head_dim = 16;
-  c.ple_dim = 8;
-  c.granularities = {16, 32, 64, 128};
-  c.granularity_names = {"S", "M", "L", "XL"};
-  c.max_position_embeddings = 128;
-  c.dtype = dtype;
-  c.bos_token_id = 2;
-  c.eos_token_id = 1;
-  c.pad_token_id = 0;
-  return c;
-}
-
-const std::string kTokenizer = std::string(MATFORMER_SOURCE_DIR) + "/tests/data/gemma3n-tiny/tokenizer.model";
-
-std::string FreshDirectory(const std::string& name) {
-  const std::string directory = ::testing::TempDir() + "/engine_test_" + name;
-  std::filesystem::remove_all(directory);
-  return directory;
-}
+using testing::FreshDirectory;
+using testing::TinyConfig;
+const std::string& kTokenizer = testing::TestTokenizer();
 
 std::shared_ptr<const Model> LoadTinyModel(DType dtype) {
-  const std::string directory = FreshDirectory(dtype == DType::kF32 ? "f32" : "bf16");
-  const absl::Status written = WriteRandomModel(TinyConfig(dtype), /*seed=*/7, directory, kTokenizer);
-  EXPECT_TRUE(written.ok()) << written;
-  absl::StatusOr<std::unique_ptr<Model>> model = Model::Load(directory);
-  EXPECT_TRUE(model.ok()) << model.status();
-  return model.ok() ? std::shared_ptr<const Model>(*std::move(model)) : nullptr;
+  return testing::LoadRandomModel(TinyConfig(dtype), dtype == DType::kF32 ? "engine_f32" : "engine_bf16");
 }
 
 std::vector<int32_t> Tokens(int count, int offset) {

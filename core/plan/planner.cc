@@ -1,0 +1,248 @@
+#include "core/plan/planner.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <limits>
+#include <sstream>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "core/util/status_macros.h"
+#include "nlohmann/json.hpp"
+
+namespace matformer {
+namespace {
+
+constexpr size_t kMaxQualityFileBytes = 16 << 20;
+
+std::string Millis(absl::Duration duration) { return absl::StrFormat("%.1f ms", absl::ToDoubleMilliseconds(duration)); }
+
+// Sorts best quality first: lower expected loss, then fewer parameters.
+void SortBestFirst(std::vector<Candidate>& candidates) {
+  std::stable_sort(candidates.begin(), candidates.end(), [](const Candidate& a, const Candidate& b) {
+    if (a.expected_loss != b.expected_loss) return a.expected_loss < b.expected_loss;
+    return a.spec.active_params() < b.spec.active_params();
+  });
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<Candidate>> LoadCandidates(const ModelConfig& config, const std::string& model_dir) {
+  const std::string path = model_dir + "/quality.json";
+  std::ifstream file(path, std::ios::binary);
+  std::vector<Candidate> candidates;
+  if (!file) {
+    // No measured quality: rank the uniform granularities by size, biggest first.
+    for (auto it = config.granularities.rbegin(); it != config.granularities.rend(); ++it) {
+      MF_ASSIGN_OR_RETURN(SubmodelSpec spec, SubmodelSpec::Uniform(config, absl::StrCat(*it)));
+      candidates.push_back({spec, -static_cast<double>(spec.active_params()), /*measured=*/false});
+    }
+    return candidates;
+  }
+  std::stringstream text;
+  text << file.rdbuf();
+  if (text.str().size() > kMaxQualityFileBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": larger than ", kMaxQualityFileBytes, " bytes"));
+  }
+  const nlohmann::json json = nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+  if (json.is_discarded() || !json.is_object() || !json.contains("specs") || !json["specs"].is_array()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": expected an object with a \"specs\" array"));
+  }
+  const nlohmann::json& specs = json["specs"];
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const nlohmann::json& entry = specs[i];
+    const std::string where = absl::StrCat(path, ": specs[", i, "]");
+    if (!entry.is_object() || !entry.contains("name") || !entry["name"].is_string() || !entry.contains("loss") ||
+        !entry["loss"].is_number()) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": needs a string \"name\" and a number \"loss\""));
+    }
+    const double loss = entry["loss"].get<double>();
+    if (!std::isfinite(loss) || loss < 0) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ".loss = ", loss, " must be finite and >= 0"));
+    }
+    absl::StatusOr<SubmodelSpec> spec = SubmodelSpec::Parse(config, entry["name"].get<std::string>());
+    if (!spec.ok()) return absl::InvalidArgumentError(absl::StrCat(where, ".name: ", spec.status().message()));
+    candidates.push_back({*std::move(spec), loss, /*measured=*/true});
+  }
+  if (candidates.empty()) return absl::InvalidArgumentError(absl::StrCat(path, ": \"specs\" is empty"));
+  SortBestFirst(candidates);
+  return candidates;
+}
+
+LatencyModel::LatencyModel(std::vector<double> fixed_seconds, std::vector<double> per_row_seconds, int num_layers)
+    : fixed_(std::move(fixed_seconds)), per_row_(std::move(per_row_seconds)), num_layers_(num_layers) {}
+
+LatencyModel::LatencyModel(const LatencyModel& other)
+    : fixed_(other.fixed_), per_row_(other.per_row_), num_layers_(other.num_layers_), correction_(other.correction()) {}
+
+double LatencyModel::correction() const {
+  absl::MutexLock lock(&mutex_);
+  return correction_;
+}
+
+absl::StatusOr<LatencyModel> LatencyModel::Calibrate(Engine& engine) {
+  const ModelConfig& config = engine.config();
+  // Row counts of typical steps: lone decode, a decode batch, a prefill chunk.
+  const int kRowCounts[] = {1, 8, 64};
+  constexpr int kRepeats = 3;
+  std::vector<double> fixed, per_row;
+  for (int64_t width : config.granularities) {
+    MF_ASSIGN_OR_RETURN(SubmodelSpec spec, SubmodelSpec::Uniform(config, absl::StrCat(width)));
+    std::vector<double> rows, seconds;
+    for (int row_count : kRowCounts) {
+      std::vector<double> samples;
+      for (int repeat = 0; repeat <= kRepeats; ++repeat) {  // the first run warms up
+        std::vector<std::unique_ptr<Sequence>> sequences;
+        std::vector<std::vector<int32_t>> tokens;
+        std::vector<StepInput> inputs;
+        // Decode-like rows: one token each for separate sequences, up to 8;
+        // beyond that one sequence takes a prefill chunk.
+        const int sequences_count = row_count <= 8 ? row_count : 1;
+        const int tokens_each = row_count / sequences_count;
+        for (int s = 0; s < sequences_count; ++s) {
+          sequences.push_back(engine.NewSequence(spec));
+          tokens.emplace_back(tokens_each, static_cast<int32_t>(3 + s % 50));
+        }
+        for (int s = 0; s < sequences_count; ++s) inputs.push_back({sequences[s].get(), tokens[s]});
+        const auto start = std::chrono::steady_clock::now();
+        MF_RETURN_IF_ERROR(engine.Step(inputs).status());
+        const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        if (repeat > 0) samples.push_back(elapsed);
+      }
+      std::sort(samples.begin(), samples.end());
+      rows.push_back(row_count);
+      seconds.push_back(samples[samples.size() / 2]);
+    }
+    // Least-squares line through (rows, seconds).
+    const double n = static_cast<double>(rows.size());
+    double sx = 0, sy = 0, sxx = 0, sxy = 0;
+    for (size_t i = 0; i < rows.size(); ++i) {
+      sx += rows[i];
+      sy += seconds[i];
+      sxx += rows[i] * rows[i];
+      sxy += rows[i] * seconds[i];
+    }
+    const double slope = std::max(0.0, (n * sxy - sx * sy) / (n * sxx - sx * sx));
+    const double intercept = std::max(seconds[0] - slope, (sy - slope * sx) / n);
+    fixed.push_back(std::max(intercept, 1e-6));
+    per_row.push_back(slope);
+  }
+  return LatencyModel(std::move(fixed), std::move(per_row), config.num_layers);
+}
+
+double LatencyModel::RawSeconds(const std::vector<const SubmodelSpec*>& row_specs, const ModelConfig& config) const {
+  if (row_specs.empty()) return 0.0;
+  double total = 0.0;
+  for (int layer = 0; layer < num_layers_; ++layer) {
+    // Weights stream once per step at the widest width any row uses here;
+    // every row then pays for its own width.
+    int widest = -1;
+    double rows_cost = 0.0;
+    for (const SubmodelSpec* spec : row_specs) {
+      if (spec->skipped(layer)) continue;
+      const int index = config.GranularityIndex(spec->ffn_width(layer));
+      widest = std::max(widest, index);
+      rows_cost += per_row_[index];
+    }
+    if (widest >= 0) total += (fixed_[widest] + rows_cost) / num_layers_;
+  }
+  return total;
+}
+
+absl::Duration LatencyModel::StepTime(const std::vector<const SubmodelSpec*>& row_specs,
+                                      const ModelConfig& config) const {
+  return absl::Seconds(RawSeconds(row_specs, config) * correction());
+}
+
+void LatencyModel::Observe(const std::vector<const SubmodelSpec*>& row_specs, const ModelConfig& config,
+                           absl::Duration actual) {
+  const double predicted = RawSeconds(row_specs, config);
+  if (predicted <= 0.0) return;
+  const double ratio = std::clamp(absl::ToDoubleSeconds(actual) / predicted, 0.25, 4.0);
+  absl::MutexLock lock(&mutex_);
+  correction_ = 0.9 * correction_ + 0.1 * ratio;
+}
+
+Planner::Planner(const ModelConfig& config, std::vector<Candidate> candidates, LatencyModel latency,
+                 PlanPolicy policy, std::optional<SubmodelSpec> fixed_spec, OverBudget over_budget, int prefill_chunk)
+    : config_(config),
+      candidates_(std::move(candidates)),
+      latency_(std::move(latency)),
+      policy_(policy),
+      fixed_spec_(std::move(fixed_spec)),
+      over_budget_(over_budget),
+      prefill_chunk_(std::max(1, prefill_chunk)) {}
+
+absl::Duration Planner::PredictTotal(const SubmodelSpec& spec, const PlanRequest& request,
+                                     const LoadSnapshot& load) const {
+  std::vector<const SubmodelSpec*> rows = load.decode_rows;
+  // Prefill: the prompt in chunks, each step shared with the running decode rows.
+  int64_t remaining = request.prompt_tokens;
+  absl::Duration prefill = absl::ZeroDuration();
+  while (remaining > 0) {
+    const int64_t chunk = std::min<int64_t>(remaining, prefill_chunk_);
+    std::vector<const SubmodelSpec*> step = rows;
+    step.insert(step.end(), chunk, &spec);
+    prefill += latency_.StepTime(step, config_);
+    remaining -= chunk;
+  }
+  rows.push_back(&spec);
+  // The prefill step yields the first token; each further token is one decode step.
+  const absl::Duration decode = latency_.StepTime(rows, config_) * std::max(0, request.max_new_tokens - 1);
+  return load.queue_wait + prefill + decode;
+}
+
+absl::StatusOr<Plan> Planner::Choose(const PlanRequest& request, const LoadSnapshot& load) const {
+  auto plan_for = [&](const Candidate& candidate) {
+    Plan plan;
+    plan.choice = candidate;
+    plan.predicted_queue = load.queue_wait;
+    const absl::Duration total = PredictTotal(candidate.spec, request, load);
+    PlanRequest prefill_only = request;
+    prefill_only.max_new_tokens = 1;
+    plan.predicted_prefill = PredictTotal(candidate.spec, prefill_only, load) - load.queue_wait;
+    plan.predicted_decode = total - load.queue_wait - plan.predicted_prefill;
+    plan.fits_budget = !request.budget.has_value() || total <= *request.budget;
+    return plan;
+  };
+  auto candidate_for = [&](const SubmodelSpec& spec) {
+    for (const Candidate& candidate : candidates_) {
+      if (candidate.spec == spec) return candidate;
+    }
+    return Candidate{spec, std::numeric_limits<double>::quiet_NaN(), false};
+  };
+  // A pinned or fixed spec is served as asked; the plan still reports whether it fits.
+  if (request.pinned.has_value()) return plan_for(candidate_for(*request.pinned));
+  if (policy_ == PlanPolicy::kFixed) return plan_for(candidate_for(*fixed_spec_));
+
+  std::vector<const Candidate*> allowed;
+  for (const Candidate& candidate : candidates_) {
+    if (!request.max_expected_loss.has_value() ||
+        (candidate.measured && candidate.expected_loss <= *request.max_expected_loss)) {
+      allowed.push_back(&candidate);
+    }
+  }
+  if (allowed.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("max_expected_loss = ", *request.max_expected_loss,
+                                                   " excludes every submodel (best expected loss ",
+                                                   candidates_.front().expected_loss, ")"));
+  }
+  std::optional<Plan> fastest;
+  for (const Candidate* candidate : allowed) {
+    Plan plan = plan_for(*candidate);
+    if (plan.fits_budget) return plan;
+    if (!fastest.has_value() || plan.predicted_total() < fastest->predicted_total()) fastest = plan;
+  }
+  if (over_budget_ == OverBudget::kServeSmallest) return *fastest;
+  const Plan& best_fastest = *fastest;
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "no submodel fits the latency budget of ", Millis(*request.budget), ": the fastest allowed (",
+      best_fastest.choice.spec.name(), ", ", best_fastest.choice.spec.active_params(), " active params) needs ",
+      Millis(best_fastest.predicted_total()), " (queue ", Millis(best_fastest.predicted_queue), ", prefill ",
+      Millis(best_fastest.predicted_prefill), ", decode ", Millis(best_fastest.predicted_decode), ")"));
+}
+
+}  // namespace matformer

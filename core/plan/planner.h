@@ -1,0 +1,116 @@
+#ifndef MATFORMER_CORE_PLAN_PLANNER_H_
+#define MATFORMER_CORE_PLAN_PLANNER_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "core/engine.h"
+#include "core/model/submodel.h"
+
+namespace matformer {
+
+// A submodel the planner may choose, with its expected quality.
+struct Candidate {
+  SubmodelSpec spec;
+  double expected_loss = 0.0;  // held-out loss from quality.json; lower is better
+  bool measured = false;       // false: no quality.json entry, ranked by active parameters
+};
+
+// Reads <model_dir>/quality.json ({"specs": [{"name", "loss", ...}]}); without
+// the file, the candidates are the uniform granularities ranked by size.
+// Returns candidates sorted best quality first.
+absl::StatusOr<std::vector<Candidate>> LoadCandidates(const ModelConfig& config, const std::string& model_dir);
+
+// Predicts how long engine steps take. Per granularity g, a step over `rows`
+// rows costs fixed_g + per_row_g * rows (weights streamed once per step, plus
+// compute per row); a spec mixes its layers' granularities in proportion. The
+// fit comes from a calibration at start-up and is corrected online by an
+// EWMA of observed / predicted step times.
+class LatencyModel {
+ public:
+  // Times real engine steps for every granularity at a few row counts
+  // (a few seconds on the default model).
+  static absl::StatusOr<LatencyModel> Calibrate(Engine& engine);
+  // For tests: explicit coefficients, seconds.
+  LatencyModel(std::vector<double> fixed_seconds, std::vector<double> per_row_seconds, int num_layers);
+  LatencyModel(const LatencyModel& other);
+
+  // Predicted duration of one step over rows of these specs (one entry per
+  // row), with the online correction applied.
+  absl::Duration StepTime(const std::vector<const SubmodelSpec*>& row_specs, const ModelConfig& config) const;
+  // Feeds an observed step back (its prediction before correction is recomputed).
+  void Observe(const std::vector<const SubmodelSpec*>& row_specs, const ModelConfig& config, absl::Duration actual);
+  double correction() const;
+
+ private:
+  double RawSeconds(const std::vector<const SubmodelSpec*>& row_specs, const ModelConfig& config) const;
+  std::vector<double> fixed_, per_row_;  // per granularity index
+  int num_layers_;
+  mutable absl::Mutex mutex_;
+  double correction_ ABSL_GUARDED_BY(mutex_) = 1.0;
+};
+
+// What the scheduler tells the planner about the current load.
+struct LoadSnapshot {
+  std::vector<const SubmodelSpec*> decode_rows;  // one per running sequence
+  int queued_requests = 0;                       // admitted, waiting for a batch slot
+  int64_t queued_prefill_tokens = 0;
+  absl::Duration queue_wait = absl::ZeroDuration();  // estimate for a new request
+};
+
+struct PlanRequest {
+  int64_t prompt_tokens = 0;
+  int max_new_tokens = 0;
+  std::optional<absl::Duration> budget;          // none: no limit, pick the best quality
+  std::optional<SubmodelSpec> pinned;            // a spec fixed by the client
+  std::optional<double> max_expected_loss;       // quality floor
+};
+
+struct Plan {
+  Candidate choice;
+  absl::Duration predicted_queue;
+  absl::Duration predicted_prefill;
+  absl::Duration predicted_decode;
+  absl::Duration predicted_total() const { return predicted_queue + predicted_prefill + predicted_decode; }
+  bool fits_budget = true;
+};
+
+enum class PlanPolicy { kElastic, kFixed };
+enum class OverBudget { kReject, kServeSmallest };
+
+// Chooses, per request, the best-quality candidate whose predicted completion
+// fits the request's budget at the current load.
+class Planner {
+ public:
+  Planner(const ModelConfig& config, std::vector<Candidate> candidates, LatencyModel latency, PlanPolicy policy,
+          std::optional<SubmodelSpec> fixed_spec, OverBudget over_budget, int prefill_chunk);
+
+  // ResourceExhausted (policy reject) when nothing fits the budget, with the
+  // smallest candidate's prediction in the message; InvalidArgument when the
+  // quality floor excludes every candidate.
+  absl::StatusOr<Plan> Choose(const PlanRequest& request, const LoadSnapshot& load) const;
+  absl::Duration PredictTotal(const SubmodelSpec& spec, const PlanRequest& request, const LoadSnapshot& load) const;
+
+  LatencyModel& latency() { return latency_; }
+  const std::vector<Candidate>& candidates() const { return candidates_; }
+  PlanPolicy policy() const { return policy_; }
+
+ private:
+  const ModelConfig& config_;
+  std::vector<Candidate> candidates_;  // best quality first
+  LatencyModel latency_;
+  PlanPolicy policy_;
+  std::optional<SubmodelSpec> fixed_spec_;
+  OverBudget over_budget_;
+  int prefill_chunk_;
+};
+
+}  // namespace matformer
+
+#endif  // MATFORMER_CORE_PLAN_PLANNER_H_

@@ -1,0 +1,390 @@
+#include "core/sched/scheduler.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "core/util/status_macros.h"
+
+namespace matformer {
+namespace {
+
+constexpr absl::string_view kReplacementCharacter = "\xEF\xBF\xBD";
+
+absl::Time Now() { return absl::Now(); }
+
+}  // namespace
+
+// A request from admission to completion. Owned by the queue, then by the
+// scheduler thread's running set.
+struct Scheduler::Active {
+  SchedulerRequest request;
+  RequestCallbacks callbacks;
+  std::shared_ptr<RequestHandle> handle;
+  uint64_t order = 0;  // arrival order, the last tie-break
+  absl::Time arrival, admitted, first_token;
+
+  std::unique_ptr<Sequence> sequence;
+  std::vector<int32_t> feed;  // prompt (+ continuation when scoring)
+  size_t fed = 0;             // tokens of `feed` already in the KV cache
+  std::unique_ptr<Sampler> sampler;
+  std::unique_ptr<StopMatcher> stops;
+  int32_t next_token = -1;  // sampled last step, fed next step
+  SchedulerResult result;
+  size_t text_emitted = 0;
+  size_t tokens_emitted = 0;
+  bool done = false;
+
+  bool scoring() const { return !request.continuation.empty(); }
+  const SubmodelSpec& spec() const { return handle->plan().choice.spec; }
+};
+
+Scheduler::Scheduler(Engine* engine, Planner* planner, const SchedulerOptions& options)
+    : engine_(engine), planner_(planner), options_(options) {
+  thread_ = std::thread([this] { Loop(); });
+}
+
+Scheduler::~Scheduler() {
+  {
+    absl::MutexLock lock(&mutex_);
+    stopping_ = true;
+  }
+  thread_.join();
+}
+
+LoadSnapshot Scheduler::Load() const {
+  LoadSnapshot load;
+  for (const SubmodelSpec& spec : running_specs_) load.decode_rows.push_back(&spec);
+  const int free_slots = options_.max_batch_sequences - running_count_;
+  for (const auto& queued : queue_) {
+    if (static_cast<int>(load.decode_rows.size()) >= options_.max_batch_sequences) break;
+    load.decode_rows.push_back(&queued->spec());
+  }
+  load.queued_requests = static_cast<int>(queue_.size());
+  // A newcomer waits for batch slots: each wave of max_batch requests ahead
+  // of it costs about one request's service time.
+  const int ahead = load.queued_requests + 1 - free_slots;
+  if (ahead > 0) {
+    const int waves = (ahead + options_.max_batch_sequences - 1) / options_.max_batch_sequences;
+    load.queue_wait = absl::Seconds(service_seconds_ * waves);
+  }
+  return load;
+}
+
+absl::StatusOr<std::shared_ptr<RequestHandle>> Scheduler::Submit(SchedulerRequest request,
+                                                                 RequestCallbacks callbacks) {
+  const ModelConfig& config = engine_->config();
+  if (request.prompt.empty()) return absl::InvalidArgumentError("prompt: empty (at least one token)");
+  for (const std::vector<int32_t>* tokens : {&request.prompt, &request.continuation}) {
+    for (int32_t token : *tokens) {
+      if (token < 0 || token >= config.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat("token id ", token, " outside [0, ", config.vocab_size, ")"));
+      }
+    }
+  }
+  const bool scoring = !request.continuation.empty();
+  if (!scoring && request.max_new_tokens < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("max_new_tokens = ", request.max_new_tokens, " must be >= 1"));
+  }
+  const int64_t length = static_cast<int64_t>(request.prompt.size() + request.continuation.size()) +
+                         (scoring ? 0 : request.max_new_tokens);
+  if (length > config.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat("prompt + ", scoring ? "continuation" : "max_new_tokens", " = ",
+                                                   length, " tokens exceeds the model's max_position_embeddings ",
+                                                   config.max_position_embeddings));
+  }
+  MF_RETURN_IF_ERROR(ValidateSamplingParams(request.sampling, config.vocab_size));
+  for (const std::string& stop : request.stop_sequences) {
+    if (stop.empty()) return absl::InvalidArgumentError("stop_sequences: an entry is empty");
+  }
+
+  auto active = std::make_unique<Active>();
+  active->arrival = Now();
+  PlanRequest plan_request{.prompt_tokens = static_cast<int64_t>(request.prompt.size() + request.continuation.size()),
+                           .max_new_tokens = scoring ? 1 : request.max_new_tokens,
+                           .budget = request.budget,
+                           .pinned = request.pinned_spec,
+                           .max_expected_loss = request.max_expected_loss};
+  absl::MutexLock lock(&mutex_);
+  if (draining_ || stopping_) return absl::UnavailableError("server is draining; retry on another replica");
+  if (static_cast<int>(queue_.size()) >= options_.max_queue) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("queue full: ", queue_.size(), " requests waiting (max_queue ", options_.max_queue, ")"));
+  }
+  MF_ASSIGN_OR_RETURN(Plan plan, planner_->Choose(plan_request, Load()));
+  active->handle = std::make_shared<RequestHandle>();
+  active->handle->plan_ = std::move(plan);
+  active->request = std::move(request);
+  active->callbacks = std::move(callbacks);
+  active->order = next_order_++;
+  std::shared_ptr<RequestHandle> handle = active->handle;
+  // Highest priority first, then earliest deadline, then arrival.
+  auto before = [](const Active& a, const Active& b) {
+    if (a.request.priority != b.request.priority) return a.request.priority > b.request.priority;
+    const absl::Time da = a.request.deadline.value_or(absl::InfiniteFuture());
+    const absl::Time db = b.request.deadline.value_or(absl::InfiniteFuture());
+    if (da != db) return da < db;
+    return a.order < b.order;
+  };
+  auto position = std::upper_bound(queue_.begin(), queue_.end(), active,
+                                   [&](const auto& a, const auto& b) { return before(*a, *b); });
+  queue_.insert(position, std::move(active));
+  return handle;
+}
+
+void Scheduler::Drain(absl::Duration timeout) {
+  absl::MutexLock lock(&mutex_);
+  draining_ = true;
+  auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) { return queue_.empty() && running_count_ == 0; };
+  if (!mutex_.AwaitWithTimeout(absl::Condition(&idle), timeout)) {
+    for (auto& queued : queue_) queued->handle->Cancel();
+    cancel_running_ = true;
+    mutex_.Await(absl::Condition(&idle));
+  }
+}
+
+SchedulerStats Scheduler::stats() const {
+  absl::MutexLock lock(&mutex_);
+  return SchedulerStats{.running = running_count_,
+                        .queued = static_cast<int>(queue_.size()),
+                        .kv_blocks_used = engine_->kv_pool().used_blocks(),
+                        .kv_blocks_total = engine_->kv_pool().num_blocks(),
+                        .steps = steps_};
+}
+
+void Scheduler::Finish(std::unique_ptr<Active> active, absl::Status status) {
+  const absl::Time now = Now();
+  SchedulerResult& result = active->result;
+  result.status = std::move(status);
+  result.plan = active->handle->plan();
+  result.timings.queue = (active->admitted == absl::Time() ? now : active->admitted) - active->arrival;
+  result.timings.time_to_first_token =
+      active->first_token == absl::Time() ? absl::ZeroDuration() : active->first_token - active->arrival;
+  result.timings.decode = active->first_token == absl::Time() ? absl::ZeroDuration() : now - active->first_token;
+  result.timings.total = now - active->arrival;
+  result.timings.predicted_total = result.plan.predicted_total();
+  if (result.status.ok() && !active->scoring()) {
+    // Service time of a whole request, for the queue-wait estimate of newcomers.
+    absl::MutexLock lock(&mutex_);
+    service_seconds_ = 0.8 * service_seconds_ + 0.2 * absl::ToDoubleSeconds(now - active->admitted);
+  }
+  active->sequence.reset();  // returns the KV blocks before anyone hears about it
+  if (active->callbacks.on_done) active->callbacks.on_done(result);
+}
+
+// Emits the tokens sampled since the last call and the text that can no
+// longer change: everything but a possible stop-sequence prefix or an
+// unfinished UTF-8 character at the end (all of it when `final`).
+void Scheduler::EmitText(Active& active, bool final) {
+  const SchedulerResult& result = active.result;
+  size_t stable = result.text.size();
+  if (!final) {
+    stable -= active.stops->PendingSuffix(result.text);
+    if (absl::EndsWith(absl::string_view(result.text).substr(0, stable), kReplacementCharacter)) {
+      stable -= kReplacementCharacter.size();
+    }
+  }
+  stable = std::max(stable, active.text_emitted);
+  const std::vector<int32_t> tokens(result.tokens.begin() + active.tokens_emitted, result.tokens.end());
+  const std::string delta = result.text.substr(active.text_emitted, stable - active.text_emitted);
+  active.tokens_emitted = result.tokens.size();
+  active.text_emitted = stable;
+  if (active.callbacks.on_tokens && (!tokens.empty() || !delta.empty())) active.callbacks.on_tokens(tokens, delta);
+}
+
+// Handles the sampled token of a generating sequence; returns true when it finished.
+bool Scheduler::Accept(Active& active, absl::Span<const float> logits) {
+  const ModelConfig& config = engine_->config();
+  SchedulerResult& result = active.result;
+  const int32_t token = active.sampler->Sample(logits);
+  if (active.first_token == absl::Time()) active.first_token = Now();
+  if (token == config.eos_token_id) {
+    result.finish_reason = FinishReason::kEndOfSequence;
+    return true;
+  }
+  result.tokens.push_back(token);
+  absl::StatusOr<std::string> text = engine_->model().tokenizer().Decode(result.tokens);
+  // Ids past the tokenizer's pieces (a padded vocabulary) have no text.
+  if (text.ok()) result.text = *std::move(text);
+  if (const size_t stop = active.stops->Find(result.text); stop != std::string::npos) {
+    result.text.resize(stop);
+    result.finish_reason = FinishReason::kStop;
+    return true;
+  }
+  if (static_cast<int>(result.tokens.size()) >= active.request.max_new_tokens) {
+    result.finish_reason = FinishReason::kLength;
+    return true;
+  }
+  EmitText(active, /*final=*/false);
+  active.next_token = token;
+  return false;
+}
+
+void Scheduler::Admit() {
+  std::vector<std::unique_ptr<Active>> rejected;
+  {
+    absl::MutexLock lock(&mutex_);
+    while (!queue_.empty() && running_count_ < options_.max_batch_sequences) {
+      Active& next = *queue_.front();
+      if (next.handle->cancelled()) {
+        rejected.push_back(std::move(queue_.front()));
+        queue_.pop_front();
+        continue;
+      }
+      auto sequence = engine_->NewSequence(next.spec());
+      const int64_t length = static_cast<int64_t>(next.request.prompt.size() + next.request.continuation.size()) +
+                             (next.scoring() ? 0 : next.request.max_new_tokens);
+      // Reserve the whole sequence now, so a running request never stalls on KV.
+      if (!sequence->kv.Reserve(length).ok()) {
+        if (running_count_ > 0) break;  // wait for blocks to come back
+        rejected.push_back(std::move(queue_.front()));
+        queue_.pop_front();
+        continue;
+      }
+      std::unique_ptr<Active> active = std::move(queue_.front());
+      queue_.pop_front();
+      active->sequence = std::move(sequence);
+      active->admitted = Now();
+      active->feed = active->request.prompt;
+      active->feed.insert(active->feed.end(), active->request.continuation.begin(),
+                          active->request.continuation.end());
+      active->sampler = std::make_unique<Sampler>(active->request.sampling);
+      active->stops = std::make_unique<StopMatcher>(active->request.stop_sequences);
+      running_specs_.push_back(active->spec());
+      running_.push_back(std::move(active));
+      ++running_count_;
+    }
+  }
+  for (auto& active : rejected) {
+    const bool cancelled = active->handle->cancelled();
+    Finish(std::move(active), cancelled ? absl::CancelledError("cancelled while queued")
+                                        : absl::ResourceExhaustedError("KV cache cannot hold this request"));
+  }
+}
+
+bool Scheduler::RunOneStep() {
+  Admit();
+  // Cancelled or expired sequences stop here, before spending another step on them.
+  const absl::Time now = Now();
+  for (auto& active : running_) {
+    if (active == nullptr) continue;
+    const bool expired = active->request.deadline.has_value() && now >= *active->request.deadline;
+    if (active->handle->cancelled() || cancel_running_) {
+      Finish(std::move(active), absl::CancelledError("cancelled"));
+    } else if (expired) {
+      Finish(std::move(active), absl::DeadlineExceededError("deadline expired before the request finished"));
+    }
+  }
+  Compact();
+  if (running_.empty()) return false;
+
+  std::vector<StepInput> inputs;
+  std::vector<Active*> owners;
+  std::vector<const SubmodelSpec*> row_specs;
+  int64_t step_tokens = 0;
+  for (auto& active : running_) {  // decode rows first: they are latency-critical
+    if (active->fed < active->feed.size()) continue;
+    inputs.push_back({active->sequence.get(), absl::MakeConstSpan(&active->next_token, 1)});
+    owners.push_back(active.get());
+    row_specs.push_back(&active->spec());
+    ++step_tokens;
+  }
+  for (auto& active : running_) {
+    if (active->fed >= active->feed.size() || step_tokens >= options_.max_step_tokens) continue;
+    const int64_t chunk = std::min<int64_t>({static_cast<int64_t>(active->feed.size() - active->fed),
+                                             options_.prefill_chunk, options_.max_step_tokens - step_tokens});
+    inputs.push_back({active->sequence.get(), absl::MakeConstSpan(active->feed).subspan(active->fed, chunk),
+                      /*all_logits=*/active->scoring()});
+    owners.push_back(active.get());
+    row_specs.insert(row_specs.end(), chunk, &active->spec());
+    step_tokens += chunk;
+  }
+
+  const auto start = std::chrono::steady_clock::now();
+  absl::StatusOr<std::vector<float>> logits = engine_->Step(inputs);
+  const absl::Duration elapsed = absl::FromChrono(std::chrono::steady_clock::now() - start);
+  if (!logits.ok()) {
+    for (auto& active : running_) Finish(std::move(active), logits.status());
+    Compact();
+    return true;
+  }
+  planner_->latency().Observe(row_specs, engine_->config(), elapsed);
+  if (step_observer_) step_observer_(static_cast<int>(step_tokens), elapsed);
+
+  const int64_t vocab = engine_->config().vocab_size;
+  const float* row = logits->data();
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    Active& active = *owners[i];
+    const int64_t count = static_cast<int64_t>(inputs[i].tokens.size());
+    const bool decoding = active.fed >= active.feed.size();
+    if (active.scoring()) {
+      // Row t predicts feed[fed + t + 1]; keep those that predict continuation tokens.
+      const size_t first_scored = active.request.prompt.size();
+      for (int64_t t = 0; t < count; ++t) {
+        const size_t target = active.fed + t + 1;
+        if (target >= first_scored && target < active.feed.size()) {
+          active.result.continuation_logprobs.push_back(
+              LogProbability(absl::MakeConstSpan(row + t * vocab, vocab), active.feed[target]));
+        }
+      }
+      row += count * vocab;
+      active.fed += count;
+      if (active.fed == active.feed.size()) active.done = true;
+      continue;
+    }
+    if (!decoding) active.fed += count;
+    const absl::Span<const float> last = absl::MakeConstSpan(row, vocab);
+    row += vocab;
+    if (active.fed < active.feed.size()) continue;  // more prompt to prefill
+    active.done = Accept(active, last);
+  }
+  for (auto& active : running_) {
+    if (active->done) {
+      if (!active->scoring()) EmitText(*active, /*final=*/true);
+      Finish(std::move(active), absl::OkStatus());
+    }
+  }
+  Compact();
+  absl::MutexLock lock(&mutex_);
+  ++steps_;
+  return true;
+}
+
+// Drops finished entries from the running set and republishes its specs.
+void Scheduler::Compact() {
+  std::erase(running_, nullptr);
+  absl::MutexLock lock(&mutex_);
+  running_specs_.clear();
+  for (const auto& active : running_) running_specs_.push_back(active->spec());
+  running_count_ = static_cast<int>(running_.size());
+}
+
+void Scheduler::Loop() {
+  while (true) {
+    {
+      absl::MutexLock lock(&mutex_);
+      auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+        return stopping_ || !queue_.empty() || running_count_ > 0;
+      };
+      mutex_.Await(absl::Condition(&has_work));
+      if (stopping_) break;
+    }
+    RunOneStep();
+  }
+  // Shutting down: everyone still here hears so.
+  std::vector<std::unique_ptr<Active>> left;
+  {
+    absl::MutexLock lock(&mutex_);
+    for (auto& queued : queue_) left.push_back(std::move(queued));
+    queue_.clear();
+  }
+  for (auto& active : running_) left.push_back(std::move(active));
+  running_.clear();
+  Compact();
+  for (auto& active : left) Finish(std::move(active), absl::UnavailableError("server shutting down"));
+}
+
+}  // namespace matformer

@@ -1,0 +1,150 @@
+#ifndef MATFORMER_CORE_SCHED_SCHEDULER_H_
+#define MATFORMER_CORE_SCHED_SCHEDULER_H_
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "core/engine.h"
+#include "core/generate.h"
+#include "core/plan/planner.h"
+#include "core/sampler.h"
+
+namespace matformer {
+
+// One generation or scoring request as the scheduler sees it: already
+// tokenized and with its budget resolved (explicit, tier, or deadline).
+struct SchedulerRequest {
+  std::vector<int32_t> prompt;
+  // Scoring: the continuation whose log-likelihood is wanted (no generation).
+  std::vector<int32_t> continuation;
+  SamplingParams sampling;
+  int max_new_tokens = 16;
+  std::vector<std::string> stop_sequences;
+
+  std::string tier;                          // for metrics and logs
+  int priority = 0;                          // higher is served first
+  std::optional<absl::Duration> budget;      // planner target
+  std::optional<absl::Time> deadline;        // hard: past it the request fails
+  std::optional<SubmodelSpec> pinned_spec;
+  std::optional<double> max_expected_loss;
+};
+
+struct Timings {
+  absl::Duration queue, time_to_first_token, decode, total, predicted_total;
+};
+
+struct SchedulerResult {
+  absl::Status status;  // OK, or why the request ended early (cancelled, deadline, KV exhausted)
+  std::vector<int32_t> tokens;
+  std::string text;
+  FinishReason finish_reason = FinishReason::kLength;
+  std::vector<double> continuation_logprobs;  // scoring only, one per continuation token
+  Plan plan;
+  Timings timings;
+};
+
+// Called on the scheduler thread: keep them short (queue a write, signal).
+struct RequestCallbacks {
+  // New text (already held back where it might become a stop sequence) and its token ids.
+  std::function<void(const std::vector<int32_t>& tokens, const std::string& text_delta)> on_tokens;
+  std::function<void(const SchedulerResult& result)> on_done;  // exactly once
+};
+
+struct SchedulerOptions {
+  int max_batch_sequences = 32;   // sequences in one engine step
+  int max_queue = 256;            // admitted but not yet running; beyond: ResourceExhausted
+  int prefill_chunk = 256;        // prompt tokens per sequence per step
+  int max_step_tokens = 512;      // all rows of one step
+};
+
+// Handle to a submitted request; Cancel() is safe from any thread and takes
+// effect within one engine step (its KV blocks are freed then).
+class RequestHandle {
+ public:
+  void Cancel() { cancelled_.store(true); }
+  bool cancelled() const { return cancelled_.load(); }
+  const Plan& plan() const { return plan_; }
+
+ private:
+  friend class Scheduler;
+  std::atomic<bool> cancelled_{false};
+  Plan plan_;
+};
+
+struct SchedulerStats {
+  int running = 0;
+  int queued = 0;
+  int64_t kv_blocks_used = 0;
+  int64_t kv_blocks_total = 0;
+  uint64_t steps = 0;
+};
+
+// Continuous batching over one Engine: requests join between steps, prefill
+// chunks and decode rows of any submodels share each step, priority by tier
+// then earliest deadline. One thread drives the engine.
+class Scheduler {
+ public:
+  // Observes every engine step (rows, duration): metrics hook.
+  using StepObserver = std::function<void(int rows, absl::Duration duration)>;
+
+  Scheduler(Engine* engine, Planner* planner, const SchedulerOptions& options);
+  ~Scheduler();  // stops the thread; pending requests end with Unavailable
+
+  // Validates and plans at once: InvalidArgument for bad fields,
+  // ResourceExhausted when the queue is full or no submodel fits the budget,
+  // Unavailable while draining. Otherwise the request is queued and its
+  // callbacks run later.
+  absl::StatusOr<std::shared_ptr<RequestHandle>> Submit(SchedulerRequest request, RequestCallbacks callbacks);
+
+  // Stops admitting (Submit returns Unavailable) and waits up to `timeout`
+  // for running and queued requests to finish; the rest are cancelled.
+  void Drain(absl::Duration timeout);
+
+  SchedulerStats stats() const;
+  void set_step_observer(StepObserver observer) { step_observer_ = std::move(observer); }
+
+ private:
+  struct Active;
+  void Loop();
+  bool RunOneStep();
+  void Admit();
+  bool Accept(Active& active, absl::Span<const float> logits);
+  void EmitText(Active& active, bool final);
+  void Finish(std::unique_ptr<Active> active, absl::Status status);
+  void Compact();
+  LoadSnapshot Load() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+
+  Engine* engine_;
+  Planner* planner_;
+  SchedulerOptions options_;
+  StepObserver step_observer_;
+
+  mutable absl::Mutex mutex_;
+  std::deque<std::unique_ptr<Active>> queue_ ABSL_GUARDED_BY(mutex_);
+  std::vector<std::unique_ptr<Active>> running_;  // scheduler thread only
+  int running_count_ ABSL_GUARDED_BY(mutex_) = 0;
+  std::vector<SubmodelSpec> running_specs_ ABSL_GUARDED_BY(mutex_);  // copies: outlive a finishing request
+  bool draining_ ABSL_GUARDED_BY(mutex_) = false;
+  bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
+  uint64_t next_order_ ABSL_GUARDED_BY(mutex_) = 0;
+  // EWMA of a request's time from admission to completion (seconds).
+  double service_seconds_ ABSL_GUARDED_BY(mutex_) = 0.0;
+  std::atomic<bool> cancel_running_{false};
+  uint64_t steps_ ABSL_GUARDED_BY(mutex_) = 0;
+  std::thread thread_;
+};
+
+}  // namespace matformer
+
+#endif  // MATFORMER_CORE_SCHED_SCHEDULER_H_

@@ -1,0 +1,288 @@
+#include "core/sched/scheduler.h"
+
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/synchronization/notification.h"
+#include "core/generate.h"
+#include "core/plan/planner.h"
+#include "gtest/gtest.h"
+#include "tests/unit/test_model.h"
+
+namespace matformer {
+namespace {
+
+using testing::TinyConfig;
+
+// Synthetic latency: per granularity S..XL, 1..4 ms per step plus 0.1..0.4 ms per row.
+LatencyModel SyntheticLatency(int layers) {
+  return LatencyModel({1e-3, 2e-3, 3e-3, 4e-3}, {1e-4, 2e-4, 3e-4, 4e-4}, layers);
+}
+
+std::vector<Candidate> UniformCandidates(const ModelConfig& config) {
+  std::vector<Candidate> candidates;
+  const double losses[] = {4.0, 3.5, 3.2, 3.0};
+  for (int g = 3; g >= 0; --g) {
+    candidates.push_back({*SubmodelSpec::Uniform(config, config.granularity_names[g]), losses[g], true});
+  }
+  return candidates;
+}
+
+class PlannerTest : public ::testing::Test {
+ protected:
+  PlannerTest()
+      : config_(TinyConfig(DType::kF32)),
+        planner_(config_, UniformCandidates(config_), SyntheticLatency(config_.num_layers), PlanPolicy::kElastic,
+                 std::nullopt, OverBudget::kReject, 64) {}
+  PlanRequest Request(absl::Duration budget) {
+    return {.prompt_tokens = 32, .max_new_tokens = 20, .budget = budget, .pinned = {}, .max_expected_loss = {}};
+  }
+  ModelConfig config_;
+  Planner planner_;
+};
+
+TEST_F(PlannerTest, ShrinkingBudgetNeverGrowsTheChoice) {
+  int64_t previous = std::numeric_limits<int64_t>::max();
+  int distinct = 0;
+  for (int budget_ms = 200; budget_ms >= 20; budget_ms -= 5) {
+    absl::StatusOr<Plan> plan = planner_.Choose(Request(absl::Milliseconds(budget_ms)), {});
+    if (!plan.ok()) break;
+    EXPECT_TRUE(plan->fits_budget);
+    EXPECT_LE(plan->predicted_total(), absl::Milliseconds(budget_ms));
+    const int64_t params = plan->choice.spec.active_params();
+    EXPECT_LE(params, previous) << budget_ms;
+    distinct += params != previous;
+    previous = params;
+  }
+  EXPECT_EQ(distinct, 4);  // the sweep visits XL, L, M and S
+}
+
+TEST_F(PlannerTest, LoadMakesTheSameBudgetPickASmallerSpec) {
+  const absl::Duration budget = absl::Milliseconds(90);
+  const Plan idle = *planner_.Choose(Request(budget), {});
+  const SubmodelSpec small = *SubmodelSpec::Uniform(config_, "S");
+  LoadSnapshot busy;
+  for (int i = 0; i < 8; ++i) busy.decode_rows.push_back(&small);
+  const Plan loaded = *planner_.Choose(Request(budget), busy);
+  EXPECT_LT(loaded.choice.spec.active_params(), idle.choice.spec.active_params());
+}
+
+TEST_F(PlannerTest, NothingFitsIsAClearRejection) {
+  const absl::Status status = planner_.Choose(Request(absl::Milliseconds(1)), {}).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(status.message().find("no submodel fits the latency budget of 1.0 ms: the fastest allowed (S"),
+            std::string::npos)
+      << status;
+}
+
+TEST_F(PlannerTest, ServeSmallestPolicyAndQualityFloorAndPins) {
+  Planner lenient(config_, UniformCandidates(config_), SyntheticLatency(config_.num_layers), PlanPolicy::kElastic,
+                  std::nullopt, OverBudget::kServeSmallest, 64);
+  const Plan plan = *lenient.Choose(Request(absl::Milliseconds(1)), {});
+  EXPECT_EQ(plan.choice.spec.name(), "S");
+  EXPECT_FALSE(plan.fits_budget);
+
+  PlanRequest floor = Request(absl::Seconds(10));
+  floor.max_expected_loss = 2.0;
+  EXPECT_EQ(planner_.Choose(floor, {}).status().message(),
+            "max_expected_loss = 2 excludes every submodel (best expected loss 3)");
+  floor.max_expected_loss = 3.6;
+  floor.budget = absl::Milliseconds(45);  // only S would fit, but S's loss 4.0 is above the floor
+  EXPECT_EQ(planner_.Choose(floor, {}).status().code(), absl::StatusCode::kResourceExhausted);
+
+  PlanRequest pinned = Request(absl::Milliseconds(1));
+  pinned.pinned = *SubmodelSpec::Parse(config_, "S-M-XL");
+  const Plan pinned_plan = *planner_.Choose(pinned, {});
+  EXPECT_EQ(pinned_plan.choice.spec.name(), "S-M-XL");
+  EXPECT_FALSE(pinned_plan.fits_budget);
+}
+
+TEST_F(PlannerTest, OnlineCorrectionFollowsObservedSteps) {
+  const SubmodelSpec s = *SubmodelSpec::Uniform(config_, "S");
+  const std::vector<const SubmodelSpec*> rows = {&s};
+  const absl::Duration predicted = planner_.latency().StepTime(rows, config_);
+  for (int i = 0; i < 100; ++i) planner_.latency().Observe(rows, config_, predicted * 2);
+  EXPECT_NEAR(planner_.latency().correction(), 2.0, 0.01);
+}
+
+TEST(CandidatesTest, QualityFileIsValidatedAndSorted) {
+  const ModelConfig config = TinyConfig(DType::kF32);
+  const std::string directory = testing::FreshDirectory("quality");
+  std::filesystem::create_directories(directory);
+  auto write = [&](const std::string& text) { std::ofstream(directory + "/quality.json") << text; };
+  write(R"({"specs": [{"name": "S", "loss": 4.1}, {"name": "XL", "loss": 3.0}, {"name": "S-M-L", "loss": 3.5}]})");
+  absl::StatusOr<std::vector<Candidate>> candidates = LoadCandidates(config, directory);
+  ASSERT_TRUE(candidates.ok()) << candidates.status();
+  ASSERT_EQ(candidates->size(), 3u);
+  EXPECT_EQ((*candidates)[0].spec.name(), "XL");
+  EXPECT_EQ((*candidates)[1].spec.name(), "S-M-L");
+  write(R"({"specs": [{"name": "XXL", "loss": 1}]})");
+  EXPECT_NE(LoadCandidates(config, directory).status().message().find("specs[0].name: spec: unknown granularity 'XXL'"),
+            std::string::npos);
+  write(R"({"specs": [{"name": "S", "loss": -1}]})");
+  EXPECT_NE(LoadCandidates(config, directory).status().message().find("specs[0].loss = -1 must be finite and >= 0"),
+            std::string::npos);
+  write("not json");
+  EXPECT_FALSE(LoadCandidates(config, directory).ok());
+  std::filesystem::remove(directory + "/quality.json");
+  candidates = LoadCandidates(config, directory);
+  ASSERT_TRUE(candidates.ok());
+  EXPECT_EQ(candidates->front().spec.name(), "XL");
+  EXPECT_FALSE(candidates->front().measured);
+}
+
+// The scheduler over a real engine.
+class SchedulerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    model_ = testing::LoadRandomModel(TinyConfig(DType::kF32), "scheduler");
+    ASSERT_NE(model_, nullptr);
+    engine_ = *Engine::Create(model_, {.kv_blocks = 48, .kv_block_tokens = 16, .ple_cache_bytes = 1 << 20});
+    planner_ = std::make_unique<Planner>(model_->config(), UniformCandidates(model_->config()),
+                                         SyntheticLatency(model_->config().num_layers), PlanPolicy::kElastic,
+                                         std::nullopt, OverBudget::kReject, 16);
+    scheduler_ = std::make_unique<Scheduler>(engine_.get(), planner_.get(),
+                                             SchedulerOptions{.max_batch_sequences = 8, .max_queue = 4,
+                                                              .prefill_chunk = 16, .max_step_tokens = 64});
+  }
+
+  SchedulerRequest Greedy(int prompt_offset, const std::string& spec, int max_new_tokens = 12) {
+    SchedulerRequest request;
+    for (int i = 0; i < 20 + prompt_offset; ++i) request.prompt.push_back(3 + (i * 31 + prompt_offset) % 120);
+    request.max_new_tokens = max_new_tokens;
+    request.pinned_spec = *SubmodelSpec::Parse(model_->config(), spec);
+    return request;
+  }
+
+  // Submits and waits for the result.
+  struct Outcome {
+    SchedulerResult result;
+    std::string streamed;
+    std::vector<int32_t> streamed_tokens;
+  };
+  std::shared_ptr<RequestHandle> Start(SchedulerRequest request, Outcome* outcome, absl::Notification* done) {
+    absl::StatusOr<std::shared_ptr<RequestHandle>> handle = scheduler_->Submit(
+        std::move(request),
+        {.on_tokens =
+             [outcome](const std::vector<int32_t>& tokens, const std::string& text) {
+               outcome->streamed += text;
+               outcome->streamed_tokens.insert(outcome->streamed_tokens.end(), tokens.begin(), tokens.end());
+             },
+         .on_done =
+             [outcome, done](const SchedulerResult& result) {
+               outcome->result = result;
+               done->Notify();
+             }});
+    EXPECT_TRUE(handle.ok()) << handle.status();
+    return handle.ok() ? *handle : nullptr;
+  }
+
+  std::shared_ptr<const Model> model_;
+  std::unique_ptr<Engine> engine_;
+  std::unique_ptr<Planner> planner_;
+  std::unique_ptr<Scheduler> scheduler_;
+};
+
+TEST_F(SchedulerTest, ConcurrentMixedSpecsMatchRunningAlone) {
+  const std::vector<std::string> specs = {"XL", "S", "S-M-XL", "M-skip-L"};
+  std::vector<Outcome> outcomes(specs.size());
+  std::vector<absl::Notification> done(specs.size());
+  for (size_t i = 0; i < specs.size(); ++i) Start(Greedy(static_cast<int>(i), specs[i]), &outcomes[i], &done[i]);
+  for (size_t i = 0; i < specs.size(); ++i) {
+    done[i].WaitForNotification();
+    const SchedulerResult& result = outcomes[i].result;
+    ASSERT_TRUE(result.status.ok()) << result.status;
+    GenerateRequest alone;
+    alone.prompt = Greedy(static_cast<int>(i), specs[i]).prompt;
+    alone.max_new_tokens = 12;
+    const GenerateResult expected = *GenerateAlone(*engine_, *SubmodelSpec::Parse(model_->config(), specs[i]), alone);
+    EXPECT_EQ(result.tokens, expected.tokens) << specs[i];
+    EXPECT_EQ(result.plan.choice.spec.name(), specs[i]);
+    EXPECT_EQ(outcomes[i].streamed_tokens, result.tokens);
+    EXPECT_EQ(outcomes[i].streamed, result.text);
+    EXPECT_GT(result.timings.total, absl::ZeroDuration());
+  }
+  EXPECT_EQ(engine_->kv_pool().used_blocks(), 0);
+}
+
+TEST_F(SchedulerTest, CancellationStopsWorkAndFreesBlocks) {
+  Outcome outcome;
+  absl::Notification done;
+  SchedulerRequest request = Greedy(0, "XL", /*max_new_tokens=*/100);
+  std::shared_ptr<RequestHandle> handle = Start(std::move(request), &outcome, &done);
+  handle->Cancel();
+  done.WaitForNotification();
+  EXPECT_EQ(outcome.result.status.code(), absl::StatusCode::kCancelled);
+  EXPECT_LT(outcome.result.tokens.size(), 100u);
+  EXPECT_EQ(engine_->kv_pool().used_blocks(), 0);
+}
+
+TEST_F(SchedulerTest, ExpiredDeadlineEndsTheRequest) {
+  Outcome outcome;
+  absl::Notification done;
+  SchedulerRequest request = Greedy(0, "XL", 100);
+  request.deadline = absl::Now() - absl::Milliseconds(1);
+  Start(std::move(request), &outcome, &done);
+  done.WaitForNotification();
+  EXPECT_EQ(outcome.result.status.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(engine_->kv_pool().used_blocks(), 0);
+}
+
+TEST_F(SchedulerTest, BadRequestsFailAtSubmission) {
+  auto submit = [&](SchedulerRequest request) { return scheduler_->Submit(std::move(request), {}).status(); };
+  SchedulerRequest request = Greedy(0, "XL");
+  request.prompt.push_back(500);
+  EXPECT_EQ(submit(request).message(), "token id 500 outside [0, 128)");
+  request = Greedy(0, "XL", 200);
+  EXPECT_EQ(submit(request).message(),
+            "prompt + max_new_tokens = 220 tokens exceeds the model's max_position_embeddings 128");
+  request = Greedy(0, "XL");
+  request.sampling.top_p = 2.0f;
+  EXPECT_EQ(submit(request).message(), "top_p = 2 outside (0, 1]");
+  request = Greedy(0, "XL");
+  request.stop_sequences = {""};
+  EXPECT_EQ(submit(request).message(), "stop_sequences: an entry is empty");
+  request = Greedy(0, "XL");
+  request.prompt.clear();
+  EXPECT_EQ(submit(request).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(SchedulerTest, ScoringReturnsTheContinuationLogProbabilities) {
+  SchedulerRequest request = Greedy(0, "M");
+  request.continuation = {5, 9, 14};
+  Outcome outcome;
+  absl::Notification done;
+  Start(request, &outcome, &done);
+  done.WaitForNotification();
+  ASSERT_TRUE(outcome.result.status.ok()) << outcome.result.status;
+  ASSERT_EQ(outcome.result.continuation_logprobs.size(), 3u);
+  // The same numbers from a direct engine run.
+  auto sequence = engine_->NewSequence(*SubmodelSpec::Parse(model_->config(), "M"));
+  std::vector<int32_t> all = request.prompt;
+  all.insert(all.end(), request.continuation.begin(), request.continuation.end());
+  StepInput input{sequence.get(), all, /*all_logits=*/true};
+  const std::vector<float> logits = *engine_->Step({&input, 1});
+  const int64_t vocab = model_->config().vocab_size;
+  for (size_t i = 0; i < 3; ++i) {
+    const size_t row = request.prompt.size() - 1 + i;
+    EXPECT_NEAR(outcome.result.continuation_logprobs[i],
+                LogProbability(absl::MakeConstSpan(logits).subspan(row * vocab, vocab), request.continuation[i]), 1e-4);
+  }
+}
+
+TEST_F(SchedulerTest, DrainFinishesInFlightWorkThenRefuses) {
+  Outcome outcome;
+  absl::Notification done;
+  Start(Greedy(0, "S", 8), &outcome, &done);
+  scheduler_->Drain(absl::Seconds(30));
+  EXPECT_TRUE(done.HasBeenNotified());
+  EXPECT_TRUE(outcome.result.status.ok()) << outcome.result.status;
+  EXPECT_EQ(scheduler_->Submit(Greedy(0, "S"), {}).status().code(), absl::StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace matformer
