@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The second command: builds with warnings as errors and runs every test
 # (unit, parity against the PyTorch reference), then the unit tests again
-# under ASan+UBSan.
+# under ASan+UBSan, and the shared caches under TSan.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -10,6 +10,13 @@ cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DMATFORMER_WERROR=ON >/
 cmake --build build -j2
 (cd build && ctest --output-on-failure -j2)
 
-cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DMATFORMER_WERROR=ON -DMATFORMER_SANITIZE=ON >/dev/null
+cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DMATFORMER_WERROR=ON -DMATFORMER_SANITIZE=address >/dev/null
 cmake --build build-asan -j2
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j2 -L unit)
+
+# The structures shared across threads, under ThreadSanitizer. (The engine's
+# OpenMP regions are left out: Debian's libgomp is not TSan-instrumented and
+# reports its own barriers.)
+cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DMATFORMER_WERROR=ON -DMATFORMER_SANITIZE=thread >/dev/null
+cmake --build build-tsan -j2 --target ple_cache_test kv_cache_test
+(cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure -R "PleCache|KvPool")
