@@ -14,7 +14,7 @@ PACKAGES=(
   python3 python3-torch python3-numpy python3-sentencepiece libopenblas0-pthread sentencepiece
   python3-grpcio python3-protobuf
   # training corpus and plots
-  bible-kjv-text gnuplot-nox
+  bible-kjv gnuplot-nox
 )
 
 SUDO=""
