@@ -11,7 +11,7 @@ cmake --build build -j2
 (cd build && ctest --output-on-failure -j2)
 
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DMATFORMER_WERROR=ON -DMATFORMER_SANITIZE=address >/dev/null
-cmake --build build-asan -j2
+cmake --build build-asan -j2 --target unit_tests
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j2 -L unit)
 
 # The structures shared across threads, under ThreadSanitizer. (The engine's

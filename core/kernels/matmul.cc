@@ -184,6 +184,8 @@ void Execute(const Primitive& primitive, const memory& src, const memory& weight
   Stream().wait();
 }
 
+bool UseSmallMKernel(int64_t rows) { return rows <= kSmallMMaxRows && HasAvx512Bf16(); }
+
 uint16_t F32ToBf16(float f) {
   uint32_t bits;
   std::memcpy(&bits, &f, sizeof(bits));
@@ -193,16 +195,19 @@ uint16_t F32ToBf16(float f) {
   return static_cast<uint16_t>(nan ? ((bits >> 16) | 0x40) : rounded);
 }
 
-// Rows [0, m) of x into a dense bf16 copy with rows [m, m_alloc) zeroed.
-void ConvertRows(const float* x, int64_t m, int64_t ldx, int64_t k, int64_t m_alloc,
-                 uint16_t* out) {
+// Rows [0, m) of x into a dense bf16 copy.
+void ConvertRows(const float* x, int64_t m, int64_t ldx, int64_t k, uint16_t* out) {
+  const bool avx512 = HasAvx512Bf16();
 #pragma omp parallel for schedule(static) if (m * k >= kParallelConvertElements)
   for (int64_t i = 0; i < m; ++i) {
+    if (avx512) {
+      kernels_internal::ConvertToBf16Avx512(x + i * ldx, 1, ldx, k, out + i * k);
+      continue;
+    }
     const float* row = x + i * ldx;
     uint16_t* dst = out + i * k;
     for (int64_t j = 0; j < k; ++j) dst[j] = F32ToBf16(row[j]);
   }
-  std::memset(out + m * k, 0, (m_alloc - m) * k * sizeof(uint16_t));
 }
 
 }  // namespace
@@ -255,15 +260,19 @@ void OnednnBf16Piece(const PackedMatrix::Impl& w, const uint16_t* xb, int64_t ro
 
 void MatMulBf16(const float* x, int64_t m, int64_t ldx, const PackedMatrix::Impl& w, float* y,
                 int64_t ldy, bool accumulate) {
-  const int64_t m_alloc = RoundUp(m, kRowGranule);
+  // oneDNN reads the last piece in whole granules of rows: zero the rows it
+  // reads past m.
+  const int64_t last_rows = m - (m - 1) / kMaxPieceRows * kMaxPieceRows;
+  const int64_t m_alloc = UseSmallMKernel(last_rows) ? m : RoundUp(m, kRowGranule);
   AlignedBuffer& xb_buffer = ThreadScratch().x_bf16;
   xb_buffer.Reserve(m_alloc * w.k * sizeof(uint16_t));
   uint16_t* xb = reinterpret_cast<uint16_t*>(xb_buffer.data());
-  ConvertRows(x, m, ldx, w.k, m_alloc, xb);
+  ConvertRows(x, m, ldx, w.k, xb);
+  std::memset(xb + m * w.k, 0, (m_alloc - m) * w.k * sizeof(uint16_t));
   const auto* packed = reinterpret_cast<const uint16_t*>(w.buffer.data());
   for (int64_t i = 0; i < m; i += kMaxPieceRows) {
     const int64_t rows = std::min(kMaxPieceRows, m - i);
-    if (rows <= kSmallMMaxRows && HasAvx512Bf16()) {
+    if (UseSmallMKernel(rows)) {
       kernels_internal::SmallMBf16MatMul(xb + i * w.k, rows, w.k, packed, w.n, w.k, y + i * ldy,
                                          ldy, accumulate);
     } else {

@@ -117,4 +117,22 @@ void SmallMBf16MatMul(const uint16_t* x, int64_t m, int64_t ldx, const uint16_t*
   }
 }
 
+void ConvertToBf16Avx512(const float* x, int64_t m, int64_t ldx, int64_t k, uint16_t* out) {
+  for (int64_t i = 0; i < m; ++i) {
+    const float* row = x + i * ldx;
+    uint16_t* dst = out + i * k;
+    int64_t j = 0;
+    for (; j + 32 <= k; j += 32) {
+      const __m512bh packed = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(row + j + 16),
+                                                  _mm512_loadu_ps(row + j));
+      _mm512_storeu_si512(dst + j, reinterpret_cast<__m512i>(packed));
+    }
+    for (; j < k; j += 16) {
+      const __mmask16 mask = static_cast<__mmask16>((uint32_t{1} << std::min<int64_t>(16, k - j)) - 1);
+      const __m256bh packed = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, row + j));
+      _mm256_mask_storeu_epi16(dst + j, mask, reinterpret_cast<__m256i>(packed));
+    }
+  }
+}
+
 }  // namespace matformer::kernels_internal

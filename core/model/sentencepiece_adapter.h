@@ -7,9 +7,9 @@
 
 // Debian's sentencepiece_processor.h declares `absl::string_view` as an alias
 // of std::string_view, which collides with Debian's Abseil (built with its own
-// string_view). This adapter is the only translation unit that includes
-// SentencePiece, and its header includes neither library. Errors are strings;
-// tokenizer.cc turns them into absl::Status.
+// string_view). Only the matformer_sentencepiece module (sentencepiece_module.h
+// says why it is loaded apart) includes SentencePiece; this header includes
+// neither library. Errors are strings; tokenizer.cc turns them into absl::Status.
 namespace matformer::spm {
 
 class Processor {

@@ -217,6 +217,33 @@ TEST(MatMulBf16Test, SmallMKernelAndOnednnAgree) {
   }
 }
 
+// With identity weights y is x as rounded to bf16, exactly: ties go to even on
+// both paths, including the columns past the last full vector.
+TEST(MatMulBf16Test, RoundsXToNearestEven) {
+  const int64_t k = 45;
+  Weights w{DType::kBF16, k, k, std::vector<float>(k * k), std::vector<std::byte>(k * k * 2)};
+  for (int64_t i = 0; i < k; ++i) {
+    const uint16_t one = ToBf16(1.0f);
+    std::memcpy(w.bytes.data() + (i * k + i) * 2, &one, 2);
+  }
+  absl::StatusOr<PackedMatrix> packed = PackedMatrix::PackAll(w.View("identity"));
+  ASSERT_TRUE(packed.ok()) << packed.status();
+  std::mt19937 rng(5);
+  for (int64_t m : {int64_t{3}, kSmallMMaxRows + 24}) {
+    std::vector<float> x = RandomVector(m * k, rng);
+    // Halfway cases: 1 + 2^-8 rounds down to 1, 1 + 3 * 2^-8 up to 1 + 2^-6.
+    x[0] = 1.0f + 0x1p-8f;
+    x[1] = -(1.0f + 3 * 0x1p-8f);
+    x[k - 1] = 3.0f * (1.0f + 0x1p-8f);
+    x[m * k - 1] = 1.0f + 3 * 0x1p-8f;
+    std::vector<float> y(m * k);
+    MatMul(x.data(), m, k, *packed, y.data(), k, false);
+    for (int64_t i = 0; i < m * k; ++i) {
+      ASSERT_EQ(y[i], FromBf16(ToBf16(x[i]))) << "m " << m << " element " << i << " x " << x[i];
+    }
+  }
+}
+
 TEST(MatMulBf16Test, ConcurrentCallersGetCorrectResults) {
   std::mt19937 rng(11);
   const Weights w = RandomWeights(DType::kBF16, 192, 256, rng);

@@ -1,0 +1,76 @@
+#ifndef MATFORMER_SERVER_SERVICE_H_
+#define MATFORMER_SERVER_SERVICE_H_
+
+#include <atomic>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "core/engine.h"
+#include "core/plan/planner.h"
+#include "core/sched/scheduler.h"
+#include "grpcpp/grpcpp.h"
+#include "matformer/v1/matformer.grpc.pb.h"
+#include "server/metrics.h"
+#include "server/requests.h"
+#include "server/responses.h"
+#include "server/tiers.h"
+
+namespace matformer::server {
+
+// The MatFormer gRPC service on the callback API. Handlers validate and
+// submit to the scheduler, whose thread later delivers tokens and the result
+// to the call's reactor; no gRPC thread ever waits on the engine.
+class MatFormerService final : public v1::MatFormer::CallbackService {
+ public:
+  struct Dependencies {
+    Engine* engine;
+    Planner* planner;
+    Scheduler* scheduler;
+    ServerMetrics* metrics;
+    const std::vector<Tier>* tiers;
+    RequestLimits limits;
+    ServingDescription serving;
+  };
+  explicit MatFormerService(const Dependencies& dependencies);
+
+  grpc::ServerUnaryReactor* Generate(grpc::CallbackServerContext* context, const v1::GenerateRequest* request,
+                                     v1::GenerateResponse* response) override;
+  grpc::ServerWriteReactor<v1::GenerateStreamResponse>* GenerateStream(grpc::CallbackServerContext* context,
+                                                                       const v1::GenerateRequest* request) override;
+  grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* context, const v1::ScoreRequest* request,
+                                  v1::ScoreResponse* response) override;
+  grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context, const v1::GetModelInfoRequest* request,
+                                         v1::ModelInfo* response) override;
+  grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* context, const v1::TokenizeRequest* request,
+                                     v1::TokenizeResponse* response) override;
+
+ private:
+  struct CallRecord;
+  class CancelLink;
+  class UnaryCall;
+  class StreamCall;
+
+  std::shared_ptr<CallRecord> NewRecord(grpc::CallbackServerContext* context, absl::string_view method,
+                                        absl::string_view tier);
+  // Bookkeeping for a request that ended before reaching the scheduler.
+  void Reject(const CallRecord& record, const absl::Status& status);
+  // Bookkeeping for a request the scheduler finished: metrics and the log line.
+  void Complete(const CallRecord& record, const SchedulerResult& result);
+  void ObserveTokens(CallRecord& record, size_t tokens);
+  // Submits and links cancellation; on failure rejects and returns the status.
+  absl::Status Submit(PreparedRequest prepared, RequestCallbacks callbacks, const std::shared_ptr<CancelLink>& link,
+                      const std::shared_ptr<CallRecord>& record);
+
+  Dependencies deps_;
+  RequestBuilder builder_;
+  const std::string id_prefix_;
+  std::atomic<uint64_t> next_id_{1};
+};
+
+}  // namespace matformer::server
+
+#endif  // MATFORMER_SERVER_SERVICE_H_
