@@ -1,23 +1,18 @@
 #include "core/model/submodel.h"
 
 #include "gtest/gtest.h"
+#include "tests/unit/test_model.h"
 
 namespace matformer {
 namespace {
 
+// Four layers and small widths, so that names and parameter counts are easy to check by hand.
 ModelConfig SmallConfig() {
-  ModelConfig c;
-  c.vocab_size = 100;
+  ModelConfig c = testing::TinyConfig(DType::kF32);
   c.hidden_size = 16;
   c.intermediate_size = 64;
   c.num_layers = 4;
-  c.num_heads = 2;
-  c.num_kv_heads = 1;
-  c.head_dim = 8;
-  c.ple_dim = 4;
   c.granularities = {8, 16, 32, 64};
-  c.granularity_names = {"S", "M", "L", "XL"};
-  c.max_position_embeddings = 64;
   return c;
 }
 
