@@ -18,12 +18,12 @@ KvPool::KvPool(int num_layers, int num_kv_heads, int head_dim, int block_tokens,
 }
 
 int64_t KvPool::free_blocks() const {
-  absl::MutexLock lock(&mutex_);
+  std::lock_guard<std::mutex> lock(mutex_);
   return static_cast<int64_t>(free_list_.size());
 }
 
 absl::Status KvPool::Allocate(int64_t count, std::vector<int32_t>* out) {
-  absl::MutexLock lock(&mutex_);
+  std::lock_guard<std::mutex> lock(mutex_);
   if (count > static_cast<int64_t>(free_list_.size())) {
     return absl::ResourceExhaustedError(absl::StrCat("KV cache: ", count, " blocks needed, ",
                                                      free_list_.size(), " of ", num_blocks_,
@@ -37,7 +37,7 @@ absl::Status KvPool::Allocate(int64_t count, std::vector<int32_t>* out) {
 }
 
 void KvPool::Free(const std::vector<int32_t>& blocks) {
-  absl::MutexLock lock(&mutex_);
+  std::lock_guard<std::mutex> lock(mutex_);
   free_list_.insert(free_list_.end(), blocks.rbegin(), blocks.rend());
 }
 

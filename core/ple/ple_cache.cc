@@ -10,7 +10,7 @@ PleCache::PleCache(int64_t floats_per_token, size_t max_bytes)
       max_bytes_(max_bytes) {}
 
 bool PleCache::Lookup(int32_t token, float* out) {
-  absl::MutexLock lock(&mutex_);
+  std::lock_guard<std::mutex> lock(mutex_);
   auto it = entries_.find(token);
   if (it == entries_.end()) {
     ++stats_.misses;
@@ -24,7 +24,7 @@ bool PleCache::Lookup(int32_t token, float* out) {
 
 void PleCache::Insert(int32_t token, const float* values) {
   if (entry_bytes_ > max_bytes_) return;
-  absl::MutexLock lock(&mutex_);
+  std::lock_guard<std::mutex> lock(mutex_);
   if (entries_.contains(token)) return;  // another sequence computed it meanwhile
   while (stats_.bytes + entry_bytes_ > max_bytes_) {
     entries_.erase(recency_.back());
@@ -39,7 +39,7 @@ void PleCache::Insert(int32_t token, const float* values) {
 }
 
 PleCache::Stats PleCache::stats() const {
-  absl::MutexLock lock(&mutex_);
+  std::lock_guard<std::mutex> lock(mutex_);
   Stats stats = stats_;
   stats.entries = entries_.size();
   return stats;
