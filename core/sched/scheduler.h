@@ -112,6 +112,7 @@ class Scheduler {
   void Drain(absl::Duration timeout);
 
   SchedulerStats stats() const;
+  // Not synchronized with the scheduler thread: set it before the first Submit.
   void set_step_observer(StepObserver observer) { step_observer_ = std::move(observer); }
 
  private:
