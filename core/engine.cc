@@ -203,6 +203,7 @@ void Engine::RunLayer(int layer, absl::Span<const StepInput> inputs, const std::
       for (int64_t p = 0; p < visible; ++p) {
         const float* key = pool.Key(kv.blocks()[p / block_tokens], layer, kv_head, static_cast<int>(p % block_tokens));
         float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
         for (int j = 0; j < hd; ++j) dot += query[j] * key[j];
         scores[p] = dot * score_scale;
         max_score = std::max(max_score, scores[p]);
@@ -218,6 +219,7 @@ void Engine::RunLayer(int layer, absl::Span<const StepInput> inputs, const std::
         const float* value =
             pool.Value(kv.blocks()[p / block_tokens], layer, kv_head, static_cast<int>(p % block_tokens));
         const float weight = scores[p] / sum;
+#pragma omp simd
         for (int j = 0; j < hd; ++j) out[j] += weight * value[j];
       }
     }

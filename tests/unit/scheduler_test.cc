@@ -1,5 +1,6 @@
 #include "core/sched/scheduler.h"
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -181,6 +182,26 @@ class SchedulerTest : public ::testing::Test {
     return handle.ok() ? *handle : nullptr;
   }
 
+  // A batch and a lone run take different matmul paths (row counts), so their
+  // logits differ in the last f32 bits. Greedy tokens must then agree, except
+  // where the lone run's top two logits are a near-tie that such rounding can
+  // flip; past a flip the sequences legitimately diverge.
+  void ExpectSameTokensUpToNearTies(const SubmodelSpec& spec, const std::vector<int32_t>& prompt,
+                                    const std::vector<int32_t>& batched, const std::vector<int32_t>& alone) {
+    size_t k = 0;
+    while (k < batched.size() && k < alone.size() && batched[k] == alone[k]) ++k;
+    if (k == batched.size() && k == alone.size()) return;
+    ASSERT_TRUE(k < batched.size() && k < alone.size()) << spec.name() << ": lengths differ";
+    std::vector<int32_t> context = prompt;
+    context.insert(context.end(), alone.begin(), alone.begin() + k);
+    auto sequence = engine_->NewSequence(spec);
+    StepInput input{sequence.get(), context};
+    const std::vector<float> logits = *engine_->Step({&input, 1});
+    EXPECT_LT(std::abs(logits[alone[k]] - logits[batched[k]]), 1e-4f)
+        << spec.name() << ": token " << k << " differs (" << batched[k] << " vs " << alone[k]
+        << ") without a near-tie";
+  }
+
   std::shared_ptr<const Model> model_;
   std::unique_ptr<Engine> engine_;
   std::unique_ptr<Planner> planner_;
@@ -192,15 +213,18 @@ TEST_F(SchedulerTest, ConcurrentMixedSpecsMatchRunningAlone) {
   std::vector<Outcome> outcomes(specs.size());
   std::vector<absl::Notification> done(specs.size());
   for (size_t i = 0; i < specs.size(); ++i) Start(Greedy(static_cast<int>(i), specs[i]), &outcomes[i], &done[i]);
+  // Every request must be finished before the lone runs: Engine::Step is not
+  // reentrant, and the scheduler thread drives the same engine.
+  for (absl::Notification& notification : done) notification.WaitForNotification();
   for (size_t i = 0; i < specs.size(); ++i) {
-    done[i].WaitForNotification();
     const SchedulerResult& result = outcomes[i].result;
     ASSERT_TRUE(result.status.ok()) << result.status;
     GenerateRequest alone;
     alone.prompt = Greedy(static_cast<int>(i), specs[i]).prompt;
     alone.max_new_tokens = 12;
-    const GenerateResult expected = *GenerateAlone(*engine_, *SubmodelSpec::Parse(model_->config(), specs[i]), alone);
-    EXPECT_EQ(result.tokens, expected.tokens) << specs[i];
+    const SubmodelSpec spec = *SubmodelSpec::Parse(model_->config(), specs[i]);
+    const GenerateResult expected = *GenerateAlone(*engine_, spec, alone);
+    ExpectSameTokensUpToNearTies(spec, alone.prompt, result.tokens, expected.tokens);
     EXPECT_EQ(result.plan.choice.spec.name(), specs[i]);
     EXPECT_EQ(outcomes[i].streamed_tokens, result.tokens);
     EXPECT_EQ(outcomes[i].streamed, result.text);
