@@ -1,6 +1,8 @@
 #ifndef MATFORMER_TESTS_UNIT_TEST_MODEL_H_
 #define MATFORMER_TESTS_UNIT_TEST_MODEL_H_
 
+#include <unistd.h>
+
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -37,8 +39,9 @@ inline const std::string& TestTokenizer() {
   return path;
 }
 
+// Unique per process: ctest runs each test case of a binary as its own process, in parallel.
 inline std::string FreshDirectory(const std::string& name) {
-  const std::string directory = ::testing::TempDir() + "/matformer_" + name;
+  const std::string directory = ::testing::TempDir() + "/matformer_" + name + "_" + std::to_string(getpid());
   std::filesystem::remove_all(directory);
   return directory;
 }
