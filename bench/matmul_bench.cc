@@ -1,7 +1,8 @@
 // Times MatMul on prepacked weights against the machine's measured limits.
 //
-//   matmul_bench [--f32]
+//   matmul_bench [--f32] [NxK ...]
 //
+// Without NxK arguments it runs the fixed list of weight shapes below.
 // "cold" rotates over enough copies of the weights (>= 256 MiB, 8x the L3) that
 // every call streams them from DRAM, as in a model whose layers do not fit in
 // cache; "hot" repeats one copy. "onednn" is oneDNN 2.6's fixed-M brgemm
@@ -12,6 +13,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cinttypes>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -30,8 +32,7 @@ namespace {
 constexpr size_t kColdBytes = size_t{256} << 20;
 
 double Seconds() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 // Mean seconds per call of `call(i)` for i cycling over [0, copies): best of 3
@@ -134,15 +135,14 @@ void RunShape(DType dtype, Shape shape, const MachineLimits& limits) {
     std::vector<float> x(m * shape.k);
     for (float& v : x) v = dist(rng);
     std::vector<float> y(m * shape.n);
-    const double cold = TimePerCall(copies, [&](int c) {
-      MatMul(x.data(), m, shape.k, packed[c], y.data(), shape.n, false);
-    });
-    const double hot = TimePerCall(1, [&](int) {
-      MatMul(x.data(), m, shape.k, packed[0], y.data(), shape.n, false);
-    });
+    const double cold = TimePerCall(
+        copies, [&](int c) { MatMul(x.data(), m, shape.k, packed[c], y.data(), shape.n, false); });
+    const double hot = TimePerCall(
+        1, [&](int) { MatMul(x.data(), m, shape.k, packed[0], y.data(), shape.n, false); });
     const double gbps = bytes / cold * 1e-9;
     const double gflops = 2.0 * m * shape.n * shape.k / cold * 1e-9;
-    std::printf("%-4s %5ldx%-5ld %4ld %-22s %9.1f %7.1f %5.0f%% %7.0f %5.0f%% %9.1f",
+    std::printf("%-4s %5" PRId64 "x%-5" PRId64 " %4" PRId64
+                " %-22s %9.1f %7.1f %5.0f%% %7.0f %5.0f%% %9.1f",
                 dtype == DType::kBF16 ? "bf16" : "f32", shape.n, shape.k, m,
                 PathName(dtype, m).c_str(), cold * 1e6, gbps, 100 * gbps / limits.dram_read_gbps,
                 gflops, 100 * gflops / peak, hot * 1e6);
@@ -154,23 +154,35 @@ void RunShape(DType dtype, Shape shape, const MachineLimits& limits) {
   }
 }
 
-}  // namespace
-}  // namespace matformer::bench
-
-int main(int argc, char** argv) {
-  using namespace matformer;
-  using namespace matformer::bench;
-  const bool f32 = argc > 1 && std::strcmp(argv[1], "--f32") == 0;
+int Main(int argc, char** argv) {
+  bool f32 = false;
+  std::vector<Shape> shapes;
+  for (int i = 1; i < argc; ++i) {
+    Shape shape;
+    if (std::strcmp(argv[i], "--f32") == 0) {
+      f32 = true;
+    } else if (std::sscanf(argv[i], "%" SCNd64 "x%" SCNd64, &shape.n, &shape.k) == 2 &&
+               shape.n > 0 && shape.k > 0) {
+      shapes.push_back(shape);
+    } else {
+      std::fprintf(stderr, "usage: %s [--f32] [NxK ...]\n", argv[0]);
+      return 2;
+    }
+  }
+  if (shapes.empty()) shapes = {{2048, 8192}, {8192, 2048}, {384, 1536}, {1536, 384}, {4096, 384}};
   const MachineLimits limits = MeasureMachineLimits();
   std::printf("threads %d  DRAM read %.1f GB/s  bf16 peak %.0f GFLOP/s  f32 peak %.0f GFLOP/s\n",
-              omp_get_max_threads(), limits.dram_read_gbps, limits.bf16_gflops,
-              limits.f32_gflops);
+              omp_get_max_threads(), limits.dram_read_gbps, limits.bf16_gflops, limits.f32_gflops);
   std::printf("%-4s %11s %4s %-22s %9s %7s %6s %7s %6s %9s %9s\n", "type", "W [NxK]", "M", "path",
               "cold_us", "GB/s", "%DRAM", "GFLOP/s", "%peak", "hot_us", "onednn_us");
-  const Shape shapes[] = {{2048, 8192}, {8192, 2048}, {384, 1536}, {1536, 384}, {4096, 384}};
   for (const Shape& shape : shapes) RunShape(DType::kBF16, shape, limits);
   if (f32) {
     for (const Shape& shape : shapes) RunShape(DType::kF32, shape, limits);
   }
   return 0;
 }
+
+}  // namespace
+}  // namespace matformer::bench
+
+int main(int argc, char** argv) { return matformer::bench::Main(argc, argv); }
