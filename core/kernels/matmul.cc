@@ -22,9 +22,9 @@ namespace matformer {
 namespace {
 
 using dnnl::memory;
+using kernels_internal::kMaxPieceRows;
 using kernels_internal::kPackBlockK;
 using kernels_internal::kPackBlockN;
-using kernels_internal::kMaxPieceRows;
 using kernels_internal::kSmallMMaxRows;
 
 // oneDNN 2.6 only picks its brgemm kernel for a fixed M, so bf16 primitives are
@@ -92,7 +92,8 @@ bool HasAvx512Bf16() {
 struct PrimitiveKey {
   int64_t n;
   int64_t k;
-  // Row count for bf16 (fixed-M primitives); 0 for f32 (runtime M).
+  // Row count for bf16 (fixed-M primitives); 0 for f32 (runtime M). The
+  // weights layout is not part of the key: it follows from n, k and dtype.
   int64_t m;
   DType dtype;
   bool sum;
@@ -149,8 +150,8 @@ class PrimitiveCache {
       return std::make_unique<Primitive>(
           Primitive{dnnl::matmul(pd), pd.scratchpad_desc().get_size()});
     } catch (const dnnl::error& e) {
-      Die(absl::StrCat("oneDNN matmul ", Name(key.dtype), " m=", key.m, " n=", key.n,
-                       " k=", key.k, ": ", e.what()));
+      Die(absl::StrCat("oneDNN matmul ", Name(key.dtype), " m=", key.m, " n=", key.n, " k=", key.k,
+                       ": ", e.what()));
     }
   }
 
@@ -200,13 +201,13 @@ void ConvertRows(const float* x, int64_t m, int64_t ldx, int64_t k, uint16_t* ou
   const bool avx512 = HasAvx512Bf16();
 #pragma omp parallel for schedule(static) if (m * k >= kParallelConvertElements)
   for (int64_t i = 0; i < m; ++i) {
-    if (avx512) {
-      kernels_internal::ConvertToBf16Avx512(x + i * ldx, 1, ldx, k, out + i * k);
-      continue;
-    }
     const float* row = x + i * ldx;
     uint16_t* dst = out + i * k;
-    for (int64_t j = 0; j < k; ++j) dst[j] = F32ToBf16(row[j]);
+    if (avx512) {
+      kernels_internal::ConvertRowToBf16(row, k, dst);
+    } else {
+      for (int64_t j = 0; j < k; ++j) dst[j] = F32ToBf16(row[j]);
+    }
   }
 }
 
@@ -293,8 +294,8 @@ void MatMulF32(const float* x, int64_t m, int64_t ldx, const PackedMatrix::Impl&
 
 // Writes rows [n0, n1) x cols [k0, k1) of the bf16 tensor in the layout
 // documented in small_m_bf16.h. `out` is zeroed, which provides the padding.
-void PackBf16(const TensorView& w, int64_t n0, int64_t n1, int64_t k0, int64_t k1,
-              int64_t k_padded, uint16_t* out) {
+void PackBf16(const TensorView& w, int64_t n0, int64_t n1, int64_t k0, int64_t k1, int64_t k_padded,
+              uint16_t* out) {
   const int64_t row_stride = w.shape[1];
   const auto* src = reinterpret_cast<const uint16_t*>(w.data);
   const int64_t n = n1 - n0;
@@ -328,8 +329,8 @@ absl::StatusOr<PackedMatrix> PackedMatrix::PackAll(const TensorView& w) {
   return Pack(w, 0, w.shape[0], 0, w.shape[1]);
 }
 
-absl::StatusOr<PackedMatrix> PackedMatrix::Pack(const TensorView& w, int64_t n_begin,
-                                                int64_t n_end, int64_t k_begin, int64_t k_end) {
+absl::StatusOr<PackedMatrix> PackedMatrix::Pack(const TensorView& w, int64_t n_begin, int64_t n_end,
+                                                int64_t k_begin, int64_t k_end) {
   const char* dtype_name = Name(w.dtype);
   if (w.shape.size() != 2) {
     return absl::InvalidArgumentError(
@@ -353,9 +354,9 @@ absl::StatusOr<PackedMatrix> PackedMatrix::Pack(const TensorView& w, int64_t n_b
   }
   const size_t element_size = w.dtype == DType::kBF16 ? 2 : 4;
   if (w.data == nullptr || w.nbytes < static_cast<size_t>(rows * cols) * element_size) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "matmul weights ", w.name, ": ", w.nbytes, " bytes of data for a ", dtype_name, " [",
-        rows, ", ", cols, "] tensor"));
+    return absl::InvalidArgumentError(absl::StrCat("matmul weights ", w.name, ": ", w.nbytes,
+                                                   " bytes of data for a ", dtype_name, " [", rows,
+                                                   ", ", cols, "] tensor"));
   }
 
   auto impl = std::make_unique<Impl>();
@@ -364,8 +365,8 @@ absl::StatusOr<PackedMatrix> PackedMatrix::Pack(const TensorView& w, int64_t n_b
   impl->dtype = w.dtype;
   try {
     if (w.dtype == DType::kBF16) {
-      impl->weights_md = memory::desc({impl->k, impl->n}, memory::data_type::bf16,
-                                      memory::format_tag::BA16a64b2a);
+      impl->weights_md =
+          memory::desc({impl->k, impl->n}, memory::data_type::bf16, memory::format_tag::BA16a64b2a);
       const int64_t k_padded = RoundUp(impl->k, kPackBlockK);
       impl->bytes = RoundUp(impl->n, kPackBlockN) * k_padded * sizeof(uint16_t);
       // The small-M kernel and oneDNN read the same buffer: the layouts must agree.
@@ -394,9 +395,8 @@ absl::StatusOr<PackedMatrix> PackedMatrix::Pack(const TensorView& w, int64_t n_b
       impl->buffer.Reserve(impl->bytes);
       impl->weights = memory(impl->weights_md, Engine(), impl->buffer.data());
       const float* first = reinterpret_cast<const float*>(w.data) + n_begin * cols + k_begin;
-      memory source(
-          memory::desc({impl->k, impl->n}, memory::data_type::f32, memory::dims{1, cols}),
-          Engine(), const_cast<float*>(first));
+      memory source(memory::desc({impl->k, impl->n}, memory::data_type::f32, memory::dims{1, cols}),
+                    Engine(), const_cast<float*>(first));
       dnnl::reorder(source, impl->weights).execute(Stream(), source, impl->weights);
       Stream().wait();
     }

@@ -34,7 +34,8 @@ void Tile(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t p_begin, in
   for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 4
     for (int j = 0; j < 4; ++j) {
-      acc[r][j] = load_y ? _mm512_maskz_loadu_ps(mask[j], y + r * ldy + 16 * j) : _mm512_setzero_ps();
+      acc[r][j] =
+          load_y ? _mm512_maskz_loadu_ps(mask[j], y + r * ldy + 16 * j) : _mm512_setzero_ps();
     }
   }
   for (int64_t p = p_begin; p < p_end; ++p) {
@@ -76,12 +77,18 @@ void TileRows(int rows, const uint16_t* x, int64_t ldx, const uint16_t* w, int64
               int64_t p_end, bool odd_k, int64_t k, float* y, int64_t ldy,
               const __mmask16 (&mask)[4], bool load_y) {
   switch (rows) {
-    case 1: return Tile<1>(x, ldx, w, p_begin, p_end, odd_k, k, y, ldy, mask, load_y);
-    case 2: return Tile<2>(x, ldx, w, p_begin, p_end, odd_k, k, y, ldy, mask, load_y);
-    case 3: return Tile<3>(x, ldx, w, p_begin, p_end, odd_k, k, y, ldy, mask, load_y);
-    case 4: return Tile<4>(x, ldx, w, p_begin, p_end, odd_k, k, y, ldy, mask, load_y);
-    case 5: return Tile<5>(x, ldx, w, p_begin, p_end, odd_k, k, y, ldy, mask, load_y);
-    default: return Tile<6>(x, ldx, w, p_begin, p_end, odd_k, k, y, ldy, mask, load_y);
+    case 1:
+      return Tile<1>(x, ldx, w, p_begin, p_end, odd_k, k, y, ldy, mask, load_y);
+    case 2:
+      return Tile<2>(x, ldx, w, p_begin, p_end, odd_k, k, y, ldy, mask, load_y);
+    case 3:
+      return Tile<3>(x, ldx, w, p_begin, p_end, odd_k, k, y, ldy, mask, load_y);
+    case 4:
+      return Tile<4>(x, ldx, w, p_begin, p_end, odd_k, k, y, ldy, mask, load_y);
+    case 5:
+      return Tile<5>(x, ldx, w, p_begin, p_end, odd_k, k, y, ldy, mask, load_y);
+    default:
+      return Tile<6>(x, ldx, w, p_begin, p_end, odd_k, k, y, ldy, mask, load_y);
   }
 }
 
@@ -94,7 +101,10 @@ void SmallMBf16MatMul(const uint16_t* x, int64_t m, int64_t ldx, const uint16_t*
   const int64_t full_pairs = k / 2;
   const int64_t total_pairs = (k + 1) / 2;
   const int64_t chunk_pairs = m <= kTileRows ? total_pairs : kChunkPairs;
-#pragma omp parallel for schedule(static)
+  // Dynamic: a block is long enough (k * 128 bytes) to keep each thread's
+  // reads sequential, and a thread that loses its core to another process
+  // leaves its remaining blocks to the others instead of stalling the call.
+#pragma omp parallel for schedule(dynamic)
   for (int64_t nb = 0; nb < n_blocks; ++nb) {
     const uint16_t* wb = w + nb * k_padded * kPackBlockN;
     const int64_t valid = std::min(kPackBlockN, n - nb * kPackBlockN);
@@ -117,21 +127,18 @@ void SmallMBf16MatMul(const uint16_t* x, int64_t m, int64_t ldx, const uint16_t*
   }
 }
 
-void ConvertToBf16Avx512(const float* x, int64_t m, int64_t ldx, int64_t k, uint16_t* out) {
-  for (int64_t i = 0; i < m; ++i) {
-    const float* row = x + i * ldx;
-    uint16_t* dst = out + i * k;
-    int64_t j = 0;
-    for (; j + 32 <= k; j += 32) {
-      const __m512bh packed = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(row + j + 16),
-                                                  _mm512_loadu_ps(row + j));
-      _mm512_storeu_si512(dst + j, reinterpret_cast<__m512i>(packed));
-    }
-    for (; j < k; j += 16) {
-      const __mmask16 mask = static_cast<__mmask16>((uint32_t{1} << std::min<int64_t>(16, k - j)) - 1);
-      const __m256bh packed = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, row + j));
-      _mm256_mask_storeu_epi16(dst + j, mask, reinterpret_cast<__m256i>(packed));
-    }
+void ConvertRowToBf16(const float* x, int64_t k, uint16_t* out) {
+  int64_t j = 0;
+  for (; j + 32 <= k; j += 32) {
+    const __m512bh packed =
+        _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + j + 16), _mm512_loadu_ps(x + j));
+    _mm512_storeu_si512(out + j, reinterpret_cast<__m512i>(packed));
+  }
+  for (; j < k; j += 16) {
+    const __mmask16 mask =
+        static_cast<__mmask16>((uint32_t{1} << std::min<int64_t>(16, k - j)) - 1);
+    const __m256bh packed = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, x + j));
+    _mm256_mask_storeu_epi16(out + j, mask, reinterpret_cast<__m256i>(packed));
   }
 }
 

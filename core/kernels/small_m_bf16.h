@@ -30,10 +30,10 @@ inline constexpr int64_t kMaxPieceRows = 256;
 void SmallMBf16MatMul(const uint16_t* x, int64_t m, int64_t ldx, const uint16_t* w, int64_t n,
                       int64_t k, float* y, int64_t ldy, bool accumulate);
 
-// out[i * k + j] = bf16(x[i * ldx + j]) for i < m, j < k, rounding to nearest
-// even. Like the dot products, the conversion instruction treats denormals as
-// zero. Same CPU requirement as above.
-void ConvertToBf16Avx512(const float* x, int64_t m, int64_t ldx, int64_t k, uint16_t* out);
+// out[j] = bf16(x[j]) for j < k, rounding to nearest even. Like the dot
+// products, the conversion instruction treats denormals as zero. Same CPU
+// requirement as above.
+void ConvertRowToBf16(const float* x, int64_t k, uint16_t* out);
 
 }  // namespace matformer::kernels_internal
 

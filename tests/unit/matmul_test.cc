@@ -83,10 +83,10 @@ std::vector<float> RandomVector(size_t size, std::mt19937& rng) {
 
 struct Case {
   DType dtype;
-  int64_t rows, cols;          // source tensor
-  int64_t n0, n1, k0, k1;      // packed block
+  int64_t rows, cols;      // source tensor
+  int64_t n0, n1, k0, k1;  // packed block
   int64_t m;
-  int64_t ldx_pad, ldy_pad;    // extra elements per row of x and y
+  int64_t ldx_pad, ldy_pad;  // extra elements per row of x and y
   bool accumulate;
 };
 
@@ -151,8 +151,8 @@ TEST_P(MatMulTest, MatchesReferenceAcrossShapesAndRowCounts) {
   // Whole tensors with and without multiples of the 64 x 32 packing blocks,
   // odd k, a single column, and sub-blocks that start inside the tensor.
   const Shape shapes[] = {
-      {200, 72, 0, 200, 0, 72},   {128, 64, 0, 128, 0, 64},  {70, 37, 0, 70, 0, 37},
-      {1, 1, 0, 1, 0, 1},         {300, 160, 45, 245, 0, 160}, {96, 500, 0, 96, 13, 430},
+      {200, 72, 0, 200, 0, 72}, {128, 64, 0, 128, 0, 64},    {70, 37, 0, 70, 0, 37},
+      {1, 1, 0, 1, 0, 1},       {300, 160, 45, 245, 0, 160}, {96, 500, 0, 96, 13, 430},
       {260, 90, 17, 80, 5, 88},
   };
   for (const Shape& s : shapes) {
@@ -209,8 +209,8 @@ TEST(MatMulBf16Test, SmallMKernelAndOnednnAgree) {
     for (int64_t i = 0; i < m * rows; ++i) {
       double magnitude = 0;
       for (int64_t l = 0; l < cols; ++l) {
-        magnitude += std::abs(FromBf16(ToBf16(x[i / rows * cols + l])) *
-                              w.values[(i % rows) * cols + l]);
+        magnitude +=
+            std::abs(FromBf16(ToBf16(x[i / rows * cols + l])) * w.values[(i % rows) * cols + l]);
       }
       ASSERT_NEAR(small[i], big[i], 1e-4 * magnitude) << "row " << i / rows << " col " << i % rows;
     }
@@ -280,9 +280,9 @@ TEST(PackedMatrixTest, InvalidArgumentsNameTheTensor) {
     int64_t n0, n1, k0, k1;
     const char* limit;
   };
-  for (const Bad& bad : {Bad{0, 11, 0, 20, "[0, 10)"}, Bad{-1, 5, 0, 20, "[0, 10)"},
-                         Bad{4, 4, 0, 20, "[0, 10)"}, Bad{0, 10, 0, 21, "[0, 20)"},
-                         Bad{0, 10, 7, 3, "[0, 20)"}}) {
+  for (const Bad& bad :
+       {Bad{0, 11, 0, 20, "[0, 10)"}, Bad{-1, 5, 0, 20, "[0, 10)"}, Bad{4, 4, 0, 20, "[0, 10)"},
+        Bad{0, 10, 0, 21, "[0, 20)"}, Bad{0, 10, 7, 3, "[0, 20)"}}) {
     absl::StatusOr<PackedMatrix> packed = PackedMatrix::Pack(view, bad.n0, bad.n1, bad.k0, bad.k1);
     ASSERT_FALSE(packed.ok());
     EXPECT_EQ(packed.status().code(), absl::StatusCode::kInvalidArgument);
