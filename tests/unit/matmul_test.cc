@@ -156,11 +156,11 @@ TEST_P(MatMulTest, MatchesReferenceAcrossShapesAndRowCounts) {
       {260, 90, 17, 80, 5, 88},
   };
   for (const Shape& s : shapes) {
-    // Up to kSmallMMaxRows rows run on the small-M kernel, more on oneDNN:
-    // 17 pads to 32 rows through a scratch y, 64 writes y directly when it is
-    // dense, 260 is a 256-row oneDNN piece and a 4-row kernel piece, 300 is
-    // 256 + 44 on oneDNN.
-    for (int64_t m : {0, 1, 3, 8, 17, 64, 260, 300}) {
+    // Up to kSmallMMaxRows (64) rows run on the small-M kernel, more on oneDNN
+    // in pieces of at most 256 rows: 77 pads to 80 rows through a scratch y,
+    // 260 is a 256-row oneDNN piece (written directly when y is dense) and a
+    // 4-row kernel piece, 300 is 256 + 44, 333 is 256 + 77 padded.
+    for (int64_t m : {0, 1, 3, 8, 17, 64, 77, 260, 300, 333}) {
       for (bool accumulate : {false, true}) {
         CheckCase({dtype, s.rows, s.cols, s.n0, s.n1, s.k0, s.k1, m, 0, 0, accumulate});
         CheckCase({dtype, s.rows, s.cols, s.n0, s.n1, s.k0, s.k1, m, 5, 11, accumulate});
@@ -173,8 +173,8 @@ TEST_P(MatMulTest, MatchesReferenceAcrossShapesAndRowCounts) {
 TEST_P(MatMulTest, LongOddK) {
   // k = 2501: the small-M kernel walks it in many chunks when it has several
   // row tiles (y carries the partial sums) and in one pass for a single tile;
-  // the last, odd k is paired with zero padding.
-  for (int64_t m : {1, 7, 16, 40}) {
+  // the last, odd k is paired with zero padding. 100 rows run on oneDNN.
+  for (int64_t m : {1, 7, 16, 40, 100}) {
     CheckCase({GetParam(), 90, 2600, 3, 83, 50, 2551, m, 3, 2, false});
     CheckCase({GetParam(), 90, 2600, 3, 83, 50, 2551, m, 0, 0, true});
   }
@@ -197,7 +197,7 @@ TEST(MatMulBf16Test, SmallMKernelAndOnednnAgree) {
     const Weights w = RandomWeights(DType::kBF16, rows, cols, rng);
     absl::StatusOr<PackedMatrix> packed = PackedMatrix::PackAll(w.View("w"));
     ASSERT_TRUE(packed.ok()) << packed.status();
-    const int64_t m = 4 * kSmallMMaxRows + 3;
+    const int64_t m = 2 * kSmallMMaxRows + 3;
     const std::vector<float> x = RandomVector(m * cols, rng);
     std::vector<float> big(m * rows);
     MatMul(x.data(), m, cols, *packed, big.data(), rows, false);
@@ -249,7 +249,7 @@ TEST(MatMulBf16Test, ConcurrentCallersGetCorrectResults) {
   const Weights w = RandomWeights(DType::kBF16, 192, 256, rng);
   absl::StatusOr<PackedMatrix> packed = PackedMatrix::PackAll(w.View("w"));
   ASSERT_TRUE(packed.ok()) << packed.status();
-  const int64_t m = 40;
+  const int64_t m = kSmallMMaxRows + 36;
   const std::vector<float> x = RandomVector(m * 256, rng);
   std::vector<float> expected(m * 192);
   MatMul(x.data(), m, 256, *packed, expected.data(), 192, false);
