@@ -2,8 +2,11 @@
 
 #include <dlfcn.h>
 
+#include <cstdlib>
+#include <filesystem>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "core/model/sentencepiece_module.h"
 
@@ -25,17 +28,45 @@ struct Module {
   std::string error;
 };
 
+constexpr char kModuleFileName[] = "libmatformer_sentencepiece.so";
+
+// Where the module may be, first match wins: $MATFORMER_SENTENCEPIECE_MODULE,
+// then <prefix>/lib next to an installed <prefix>/bin executable (the image
+// layout of `cmake --install`), then the build tree the binary was built in.
+std::vector<std::string> ModuleCandidates() {
+  std::vector<std::string> candidates;
+  if (const char* env = std::getenv("MATFORMER_SENTENCEPIECE_MODULE"); env != nullptr && *env != '\0') {
+    candidates.push_back(env);
+  }
+  std::error_code error;
+  const std::filesystem::path executable = std::filesystem::read_symlink("/proc/self/exe", error);
+  if (!error) candidates.push_back((executable.parent_path().parent_path() / "lib" / kModuleFileName).string());
+  candidates.push_back(MATFORMER_SENTENCEPIECE_MODULE);
+  return candidates;
+}
+
 // Loaded once per process and never unloaded.
 const Module& GetModule() {
   static const Module* const module = [] {
     auto* loaded = new Module;
-    void* handle = dlopen(MATFORMER_SENTENCEPIECE_MODULE, kDlopenFlags);
-    if (handle == nullptr) {
-      loaded->error = std::string("cannot load the SentencePiece module: ") + dlerror();
+    std::string tried;
+    for (const std::string& path : ModuleCandidates()) {
+      std::error_code error;
+      if (!std::filesystem::exists(path, error)) {
+        tried += " " + path + " (missing)";
+        continue;
+      }
+      void* handle = dlopen(path.c_str(), kDlopenFlags);
+      if (handle == nullptr) {
+        loaded->error = std::string("cannot load the SentencePiece module: ") + dlerror();
+        return loaded;
+      }
+      loaded->load = reinterpret_cast<LoadBackendFunction>(dlsym(handle, kLoadBackendSymbol));
+      if (loaded->load == nullptr) loaded->error = path + ": " + dlerror();
       return loaded;
     }
-    loaded->load = reinterpret_cast<LoadBackendFunction>(dlsym(handle, kLoadBackendSymbol));
-    if (loaded->load == nullptr) loaded->error = std::string(MATFORMER_SENTENCEPIECE_MODULE) + ": " + dlerror();
+    loaded->error = "cannot find the SentencePiece module; tried" + tried +
+                    "; set MATFORMER_SENTENCEPIECE_MODULE to its path";
     return loaded;
   }();
   return *module;
