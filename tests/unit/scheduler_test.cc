@@ -118,6 +118,37 @@ TEST_F(PlannerTest, LooseBudgetDoesNotBreakATightBudgetAlreadyAdmitted) {
   EXPECT_EQ(planner_.Choose(loose, load)->choice.spec, full);
 }
 
+TEST(LatencyModelTest, SavedModelLoadsBackAndBadFilesNameTheField) {
+  const ModelConfig config = TinyConfig(DType::kF32);
+  const std::string directory = testing::FreshDirectory("latency");
+  std::filesystem::create_directories(directory);
+  const LatencyModel model({0.001, 0.002, 0.003, 0.004}, {1e-5, 2e-5, 3e-5, 4e-5}, config.num_layers);
+  ASSERT_TRUE(model.Save(config, directory + "/model.json").ok());
+  absl::StatusOr<LatencyModel> loaded = LatencyModel::Load(config, directory + "/model.json");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  const SubmodelSpec full = *SubmodelSpec::Uniform(config, "XL");
+  const std::vector<const SubmodelSpec*> rows(5, &full);
+  EXPECT_NEAR(absl::ToDoubleSeconds(loaded->StepTime(rows, config)),
+              absl::ToDoubleSeconds(model.StepTime(rows, config)), 1e-12);
+
+  auto error = [&](const std::string& json) {
+    std::ofstream(directory + "/bad.json") << json;
+    return std::string(LatencyModel::Load(config, directory + "/bad.json").status().message());
+  };
+  const std::string all = R"("S": {"fixed_ms": 1, "per_row_ms": 0.1}, "M": {"fixed_ms": 1, "per_row_ms": 0.1},
+                             "L": {"fixed_ms": 1, "per_row_ms": 0.1})";
+  EXPECT_NE(error("[]").find("expected an object with a \"granularities\" object"), std::string::npos);
+  EXPECT_NE(error(R"({"granularities": {)" + all + "}}").find("granularities.XL: missing"), std::string::npos);
+  EXPECT_NE(error(R"({"granularities": {)" + all + R"(, "XL": {"fixed_ms": -1, "per_row_ms": 0}}})")
+                .find("granularities.XL.fixed_ms: must be a number in [0, 60000]"),
+            std::string::npos);
+  EXPECT_NE(error(R"({"granularities": {)" + all +
+                  R"(, "XL": {"fixed_ms": 1, "per_row_ms": 1}, "XXL": {"fixed_ms": 1, "per_row_ms": 1}}})")
+                .find("granularities.XXL: not a granularity of the model"),
+            std::string::npos);
+  EXPECT_EQ(LatencyModel::Load(config, directory + "/missing.json").status().code(), absl::StatusCode::kNotFound);
+}
+
 TEST(RequestCorrectionTest, ScattersWidenTheMarginAndOutliersAreClamped) {
   RequestCorrection correction;
   for (int i = 0; i < 200; ++i) {
