@@ -338,6 +338,44 @@ TEST_F(SchedulerTest, CancellationStopsWorkAndFreesBlocks) {
   EXPECT_EQ(engine_->kv_pool().used_blocks(), 0);
 }
 
+TEST_F(SchedulerTest, PrefillChunksShrinkToKeepATightDecodeInBudget) {
+  // Large chunks, a fixed latency model (XL step = 4 ms + 0.4 ms per row) and no learning.
+  scheduler_.reset();
+  planner_->latency().set_learning(false);
+  planner_->correction().set_learning(false);
+  scheduler_ = std::make_unique<Scheduler>(
+      engine_.get(), planner_.get(),
+      SchedulerOptions{.max_batch_sequences = 8, .max_queue = 4, .prefill_chunk = 64, .max_step_tokens = 128});
+  absl::Mutex mutex;
+  std::vector<int> step_tokens;
+  scheduler_->set_step_observer([&](int rows, absl::Duration) {
+    absl::MutexLock lock(&mutex);
+    step_tokens.push_back(rows);
+  });
+  // A decodes 100 tokens with 20 ms per step to spare: a step with a 64-token
+  // XL chunk (4 + 65 * 0.4 = 30 ms, times the 1.2 margin) would not fit; up
+  // to 30 tokens (16.4 ms * 1.2) do.
+  // Submitted together: the first step may carry both prompts, every later
+  // step has A decoding.
+  Outcome tight_outcome, long_outcome;
+  absl::Notification tight_done, long_done;
+  SchedulerRequest tight = Greedy(0, "XL", /*max_new_tokens=*/100);
+  tight.budget = absl::Milliseconds(100 * 20);
+  Start(std::move(tight), &tight_outcome, &tight_done);
+  SchedulerRequest long_prompt = Greedy(80, "XL", /*max_new_tokens=*/1);  // 100 prompt tokens
+  Start(std::move(long_prompt), &long_outcome, &long_done);
+  long_done.WaitForNotification();
+  tight_done.WaitForNotification();
+  EXPECT_TRUE(tight_outcome.result.status.ok()) << tight_outcome.result.status;
+  EXPECT_TRUE(long_outcome.result.status.ok()) << long_outcome.result.status;
+  absl::MutexLock lock(&mutex);
+  ASSERT_FALSE(step_tokens.empty());
+  int largest_shared = 0;
+  for (size_t i = 1; i < step_tokens.size(); ++i) largest_shared = std::max(largest_shared, step_tokens[i]);
+  EXPECT_LE(largest_shared, 1 + 30) << ::testing::PrintToString(step_tokens);
+  EXPECT_GT(largest_shared, 1 + 16) << "chunks above the floor fit too: " << ::testing::PrintToString(step_tokens);
+}
+
 TEST_F(SchedulerTest, ExpiredDeadlineEndsTheRequest) {
   Outcome outcome;
   absl::Notification done;
