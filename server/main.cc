@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -223,6 +224,13 @@ int Run(const sigset_t& signals) {
   sigwait(&signals, &signal_number);
   Log(absl::StrCat("signal ", signal_number, ": draining (up to ", absl::FormatDuration(options.drain_timeout), ")"));
   health->SetServingStatus(false);
+  // A second signal means "now": exit without waiting for the drain.
+  std::thread([signals] {
+    int second = 0;
+    sigwait(&signals, &second);
+    Log(absl::StrCat("signal ", second, " again: exiting without draining"));
+    std::_Exit(128 + second);
+  }).detach();
   scheduler.Drain(options.drain_timeout);
   server->Shutdown(absl::ToChronoTime(absl::Now() + kShutdownGrace));
   Log("drained; exiting");
