@@ -1,0 +1,71 @@
+#ifndef MATFORMER_CORE_GEMMA3N_MODEL_H_
+#define MATFORMER_CORE_GEMMA3N_MODEL_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "core/gemma3n/config.h"
+#include "core/gemma3n/slicing.h"
+#include "core/gemma3n/weights.h"
+
+namespace matformer::gemma3n {
+
+// The K/V of one sequence: for every layer that owns K/V under the sequence's
+// slice, the RMS-normed, RoPE'd keys and the normed values of every position
+// so far, [position][kv_heads * head_dim]. KV-shared layers read their source
+// layer's rows; sliding layers mask to their window at attention time.
+struct KvCache {
+  int64_t length = 0;
+  std::vector<int> kv_source;              // the slice's sources, fixed by the first step
+  std::vector<std::vector<float>> k, v;    // [layer]; empty for layers that do not own K/V
+};
+
+// Called with the AltUp streams [N][T][d] of the tokens of a Forward call:
+// layer -1 is the input to layer 0, layer l the output of layer l (the
+// unchanged input of a skipped layer). For debugging against golden states.
+using LayerObserver = std::function<void(int layer, absl::Span<const float> streams)>;
+
+// A loaded Hugging Face Gemma 3n text model. Immutable after Load; Forward
+// may run concurrently on different caches.
+class Model {
+ public:
+  static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& directory, const LoadOptions& options = {});
+
+  const Config& config() const { return config_; }
+  const Weights& weights() const { return weights_; }
+  int64_t ffn_granule() const { return options_.ffn_granule; }
+  const Checkpoint& checkpoint() const { return *checkpoint_; }
+
+  // A slice of this model (Slice::Create with the model's FFN granule).
+  absl::StatusOr<Slice> MakeSlice(const std::vector<int64_t>& widths_of_kept_layers,
+                                  const std::vector<int>& skipped_layers, std::string name = "") const;
+
+  // Runs `tokens` at positions cache.length, cache.length + 1, ... through
+  // `slice`, appends their K/V to `cache`, and returns the soft-capped
+  // logits: [T, V] row-major if all_logits, else the last token's [V]. A
+  // cache keeps the skipped layers of its first step's slice; FFN widths may
+  // change from step to step (they do not touch K/V).
+  absl::StatusOr<std::vector<float>> Forward(const Slice& slice, absl::Span<const int32_t> tokens, KvCache& cache,
+                                             bool all_logits, const LayerObserver* observer = nullptr) const;
+
+ private:
+  Model() = default;
+  Config config_;
+  LoadOptions options_;
+  std::unique_ptr<Checkpoint> checkpoint_;
+  Weights weights_;
+  std::vector<float> inv_freq_full_, inv_freq_sliding_;  // RoPE, head_dim / 2 each
+  std::vector<float> sparsity_z_;  // per layer: standard normal quantile of its sparsity (0 = dense)
+};
+
+// The standard normal quantile (inverse CDF) at p in (0, 1), to double precision.
+double NormalQuantile(double p);
+
+}  // namespace matformer::gemma3n
+
+#endif  // MATFORMER_CORE_GEMMA3N_MODEL_H_
