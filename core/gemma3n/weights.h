@@ -31,6 +31,7 @@ class Checkpoint {
   // Names after the prefix, sorted.
   std::vector<std::string> Names() const;
   size_t num_files() const { return files_.size(); }
+  const SafetensorsFile& file(size_t i) const { return *files_[i]; }
 
  private:
   std::string prefix_;
