@@ -87,7 +87,9 @@ class Reader {
   const Checkpoint& checkpoint_;
 };
 
-absl::Status Validate(const Config& config, const Checkpoint& checkpoint) {
+}  // namespace
+
+absl::Status ValidateCheckpoint(const Config& config, const Checkpoint& checkpoint) {
   absl::flat_hash_set<std::string> known;
   for (const ExpectedTensor& want : ExpectedTensors(config)) {
     known.insert(want.name);
@@ -112,6 +114,8 @@ absl::Status Validate(const Config& config, const Checkpoint& checkpoint) {
   }
   return absl::OkStatus();
 }
+
+namespace {
 
 absl::StatusOr<LayerWeights> LoadLayer(const Config& c, const Reader& reader, int layer, bool owns_kv,
                                        int64_t granule) {
@@ -293,7 +297,7 @@ absl::StatusOr<Weights> LoadWeights(const Config& c, const Checkpoint& checkpoin
   if (options.ffn_granule < 1) {
     return absl::InvalidArgumentError(absl::StrCat("ffn_granule = ", options.ffn_granule, " must be positive"));
   }
-  MF_RETURN_IF_ERROR(Validate(c, checkpoint));
+  MF_RETURN_IF_ERROR(ValidateCheckpoint(c, checkpoint));
   const Reader reader(checkpoint);
   Weights w;
   w.embed = reader.View("embed_tokens.weight");

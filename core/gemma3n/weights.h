@@ -96,6 +96,9 @@ struct LoadOptions {
   int64_t ffn_granule = 2048;
 };
 
+// Every expected tensor present with its shape, and no unknown language-model tensor.
+absl::Status ValidateCheckpoint(const Config& config, const Checkpoint& checkpoint);
+
 // Validates (every expected tensor present with its shape, no unknown
 // language-model tensor) and packs the weights.
 absl::StatusOr<Weights> LoadWeights(const Config& config, const Checkpoint& checkpoint, const LoadOptions& options);
