@@ -43,9 +43,9 @@ absl::Status Run() {
 
   matformer::gemma3n::KvCache cache;
   const auto span = absl::MakeConstSpan(tokens);
-  MF_ASSIGN_OR_RETURN(std::vector<float> all, model->Forward(slice, span.subspan(0, prefill), cache, /*all_logits=*/true));
+  MF_ASSIGN_OR_RETURN(std::vector<float> all, model->Forward(slice, span.subspan(0, prefill), cache, {.all_logits = true}));
   for (size_t t = prefill; t < tokens.size(); ++t) {
-    MF_ASSIGN_OR_RETURN(std::vector<float> logits, model->Forward(slice, span.subspan(t, 1), cache, false));
+    MF_ASSIGN_OR_RETURN(std::vector<float> logits, model->Forward(slice, span.subspan(t, 1), cache));
     all.insert(all.end(), logits.begin(), logits.end());
   }
   return matformer::tools::WriteNpy(absl::GetFlag(FLAGS_out), all, static_cast<int64_t>(tokens.size()),

@@ -115,8 +115,7 @@ absl::StatusOr<Slice> Model::MakeSlice(const std::vector<int64_t>& widths_of_kep
 }
 
 absl::StatusOr<std::vector<float>> Model::Forward(const Slice& slice, absl::Span<const int32_t> tokens,
-                                                  KvCache& cache, bool all_logits,
-                                                  const LayerObserver* observer) const {
+                                                  KvCache& cache, const ForwardOptions& options) const {
   const Config& c = config_;
   const Weights& w = weights_;
   const int64_t T = static_cast<int64_t>(tokens.size());
@@ -125,6 +124,7 @@ absl::StatusOr<std::vector<float>> Model::Forward(const Slice& slice, absl::Span
   const int hd = c.head_dim, H = c.num_heads, KV = c.num_kv_heads;
   const int64_t q_dim = int64_t{H} * hd, kv_dim = int64_t{KV} * hd;
   const float eps = static_cast<float>(c.rms_norm_eps);
+  const LayerObserver* observer = options.observer;
 
   // --- Checks: every request input is validated before anything runs.
   if (T == 0) return absl::InvalidArgumentError("Forward: no tokens");
@@ -140,6 +140,10 @@ absl::StatusOr<std::vector<float>> Model::Forward(const Slice& slice, absl::Span
   if (cache.length + T > c.max_position_embeddings) {
     return absl::OutOfRangeError(absl::StrCat("Forward: ", cache.length + T, " positions exceed max_position_embeddings ",
                                               c.max_position_embeddings));
+  }
+  if (options.ple_cache != nullptr && options.ple_cache->floats_per_token() != L * dp) {
+    return absl::InvalidArgumentError(absl::StrCat("Forward: the PLE cache holds ", options.ple_cache->floats_per_token(),
+                                                   " floats per token, this model needs ", L * dp));
   }
   std::vector<int> ffn_slabs(L, 0);  // slabs each kept layer runs
   for (int l = 0; l < L; ++l) {
@@ -173,23 +177,32 @@ absl::StatusOr<std::vector<float>> Model::Forward(const Slice& slice, absl::Span
     for (int64_t k = 0; k < d; ++k) row[k] *= embed_scale;
   }
   std::vector<float> ple(T * L * dp);
-  {
-    MatMul(h0.data(), T, d, w.per_layer_model_projection, ple.data(), L * dp, /*accumulate=*/false);
+  std::vector<int64_t> misses;  // tokens whose per-layer inputs are computed here
+  for (int64_t t = 0; t < T; ++t) {
+    if (options.ple_cache == nullptr || !options.ple_cache->Lookup(tokens[t], &ple[t * L * dp])) misses.push_back(t);
+  }
+  if (!misses.empty()) {
+    const int64_t M = static_cast<int64_t>(misses.size());
+    std::vector<float> h0_misses(M * d), projected(M * L * dp), table_row(L * dp);
+    for (int64_t i = 0; i < M; ++i) std::copy_n(&h0[misses[i] * d], d, &h0_misses[i * d]);
+    MatMul(h0_misses.data(), M, d, w.per_layer_model_projection, projected.data(), L * dp, /*accumulate=*/false);
     const float projection_scale = 1.0f / std::sqrt(static_cast<float>(d));
     const float table_scale = std::sqrt(static_cast<float>(dp));
     const float combine_scale = 1.0f / std::sqrt(2.0f);
-    std::vector<float> table_row(L * dp);
-    for (int64_t t = 0; t < T; ++t) {
+    for (int64_t i = 0; i < M; ++i) {
+      const int64_t t = misses[i];
       // Multimodal soft-token ids have no PLE row; HF's Gemma3nModel reads row 0 for them.
       const int64_t ple_token = tokens[t] < c.vocab_size_per_layer_input ? tokens[t] : 0;
       w.per_layer_embed.RowToF32(ple_token, table_row.data());
       for (int64_t l = 0; l < L; ++l) {
-        float* chunk = ple.data() + (t * L + l) * dp;
+        float* chunk = &projected[(i * L + l) * dp];
         for (int64_t k = 0; k < dp; ++k) chunk[k] *= projection_scale;
         RmsNorm(chunk, w.per_layer_projection_norm.data(), dp, eps, chunk);
-        const float* table = table_row.data() + l * dp;
-        for (int64_t k = 0; k < dp; ++k) chunk[k] = (chunk[k] + table[k] * table_scale) * combine_scale;
+        const float* table = &table_row[l * dp];
+        float* out = &ple[(t * L + l) * dp];
+        for (int64_t k = 0; k < dp; ++k) out[k] = (chunk[k] + table[k] * table_scale) * combine_scale;
       }
+      if (options.ple_cache != nullptr) options.ple_cache->Insert(tokens[t], &ple[t * L * dp]);
     }
   }
 
@@ -397,7 +410,7 @@ absl::StatusOr<std::vector<float>> Model::Forward(const Slice& slice, absl::Span
 
   // --- Output: unembed streams 1..N-1 to stream 0's magnitude, average all,
   // final norm, tied LM head, soft-cap.
-  const int64_t first_row = all_logits ? 0 : T - 1;
+  const int64_t first_row = options.all_logits ? 0 : T - 1;
   const int64_t rows = T - first_row;
   std::vector<float> hidden(rows * d), unembedded(rows * d);
   const Matrix s0 = stream(streams, 0);

@@ -12,6 +12,7 @@
 #include "core/gemma3n/config.h"
 #include "core/gemma3n/slicing.h"
 #include "core/gemma3n/weights.h"
+#include "core/ple/ple_cache.h"
 
 namespace matformer::gemma3n {
 
@@ -30,6 +31,15 @@ struct KvCache {
 // unchanged input of a skipped layer). For debugging against golden states.
 using LayerObserver = std::function<void(int layer, absl::Span<const float> streams)>;
 
+struct ForwardOptions {
+  // Logits of every token ([T, V]) instead of the last one's ([V]).
+  bool all_logits = false;
+  // Per-layer inputs by token id (L * d_ple floats each): they depend on the
+  // token only, so one cache serves every sequence and every slice.
+  PleCache* ple_cache = nullptr;
+  const LayerObserver* observer = nullptr;
+};
+
 // A loaded Hugging Face Gemma 3n text model. Immutable after Load; Forward
 // may run concurrently on different caches.
 class Model {
@@ -47,11 +57,12 @@ class Model {
 
   // Runs `tokens` at positions cache.length, cache.length + 1, ... through
   // `slice`, appends their K/V to `cache`, and returns the soft-capped
-  // logits: [T, V] row-major if all_logits, else the last token's [V]. A
-  // cache keeps the skipped layers of its first step's slice; FFN widths may
-  // change from step to step (they do not touch K/V).
+  // logits: [T, V] row-major if options.all_logits, else the last token's
+  // [V]. A cache keeps the skipped layers of its first step's slice; FFN
+  // widths may change from step to step (they do not touch K/V). On an error
+  // nothing has changed.
   absl::StatusOr<std::vector<float>> Forward(const Slice& slice, absl::Span<const int32_t> tokens, KvCache& cache,
-                                             bool all_logits, const LayerObserver* observer = nullptr) const;
+                                             const ForwardOptions& options = {}) const;
 
  private:
   Model() = default;

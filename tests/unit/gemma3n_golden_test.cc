@@ -59,14 +59,16 @@ const Model& TinyModel() {
 int Argmax(const float* row, int64_t n) { return static_cast<int>(std::max_element(row, row + n) - row); }
 
 // Logits of every position: the prefill in one step, then one token per step.
-std::vector<float> RunGoldenSequence(const Model& model, const Slice& slice, int prefill) {
+std::vector<float> RunGoldenSequence(const Model& model, const Slice& slice, int prefill,
+                                     PleCache* ple_cache = nullptr) {
   const Golden& g = LoadGolden();
   KvCache cache;
-  auto logits = model.Forward(slice, absl::MakeConstSpan(g.tokens).subspan(0, prefill), cache, /*all_logits=*/true);
+  auto logits = model.Forward(slice, absl::MakeConstSpan(g.tokens).subspan(0, prefill), cache,
+                              {.all_logits = true, .ple_cache = ple_cache});
   EXPECT_TRUE(logits.ok()) << logits.status();
   std::vector<float> all = *logits;
   for (size_t t = prefill; t < g.tokens.size(); ++t) {
-    auto step = model.Forward(slice, absl::MakeConstSpan(g.tokens).subspan(t, 1), cache, /*all_logits=*/false);
+    auto step = model.Forward(slice, absl::MakeConstSpan(g.tokens).subspan(t, 1), cache, {.ple_cache = ple_cache});
     EXPECT_TRUE(step.ok()) << step.status();
     all.insert(all.end(), step->begin(), step->end());
   }
@@ -113,6 +115,35 @@ TEST(Gemma3nGolden, PrefillAndCachedDecodeMatchHfAndLlamaCpp) {
               max_prefill, max_decode, argmax_hf, positions, argmax_llama, positions);
 }
 
+// Per-layer inputs from the shared PLE cache (filled by one slice, read by
+// another that skips layers) give the logits computed without it.
+TEST(Gemma3nGolden, PleCacheServesEverySlice) {
+  const Golden& g = LoadGolden();
+  const Model& model = TinyModel();
+  const Config& c = model.config();
+  PleCache ple_cache(int64_t{c.num_layers} * c.hidden_size_per_layer_input, /*max_bytes=*/64 << 20);
+  const Slice full = Slice::Full(c);
+  const std::vector<float> uncached = RunGoldenSequence(model, full, g.prefill);
+  const std::vector<float> filling = RunGoldenSequence(model, full, g.prefill, &ple_cache);
+  const uint64_t misses = ple_cache.stats().misses;
+  EXPECT_EQ(ple_cache.stats().hits + misses, g.tokens.size());
+  auto skipping = Slice::Create(c, 128, std::vector<int64_t>(23, 128), {2, 22});
+  ASSERT_TRUE(skipping.ok()) << skipping.status();
+  const std::vector<float> skipping_uncached = RunGoldenSequence(model, *skipping, g.prefill);
+  const std::vector<float> skipping_cached = RunGoldenSequence(model, *skipping, g.prefill, &ple_cache);
+  EXPECT_EQ(ple_cache.stats().misses, misses);  // every token was a hit the second time
+  double max_diff = 0;
+  for (size_t i = 0; i < uncached.size(); ++i) {
+    max_diff = std::max<double>(max_diff, std::fabs(uncached[i] - filling[i]));
+    max_diff = std::max<double>(max_diff, std::fabs(skipping_uncached[i] - skipping_cached[i]));
+  }
+  EXPECT_LE(max_diff, 1e-6);
+
+  PleCache wrong_size(7, 1 << 20);
+  KvCache cache;
+  EXPECT_FALSE(model.Forward(full, g.tokens, cache, {.ple_cache = &wrong_size}).ok());
+}
+
 // The per-layer AltUp states of the whole sequence in one step, against the
 // reference's (a failure here points at the first wrong layer).
 TEST(Gemma3nGolden, LayerStatesMatchHf) {
@@ -136,7 +167,7 @@ TEST(Gemma3nGolden, LayerStatesMatchHf) {
     max_relative[layer + 1] = worst;
   };
   KvCache cache;
-  ASSERT_TRUE(model.Forward(Slice::Full(c), g.tokens, cache, /*all_logits=*/true, &observer).ok());
+  ASSERT_TRUE(model.Forward(Slice::Full(c), g.tokens, cache, {.all_logits = true, .observer = &observer}).ok());
   for (int i = 0; i <= c.num_layers; ++i) {
     EXPECT_LE(max_relative[i], 1e-4) << "state " << i << " (" << (i == 0 ? "input" : "after layer ") << i - 1 << ")";
   }

@@ -29,7 +29,7 @@ const std::vector<int32_t> kTokens = {2, 68, 20, 13, 18, 55, 44, 57, 50, 55, 8, 
 
 std::vector<float> Logits(const Model& model) {
   KvCache cache;
-  auto logits = model.Forward(Slice::Full(model.config()), kTokens, cache, /*all_logits=*/true);
+  auto logits = model.Forward(Slice::Full(model.config()), kTokens, cache, {.all_logits = true});
   EXPECT_TRUE(logits.ok()) << logits.status();
   return logits.ok() ? *logits : std::vector<float>{};
 }
@@ -272,23 +272,23 @@ TEST(Gemma3nLoader, ForwardRejectsBadInputs) {
   const Model& model = **loaded;
   const Slice full = Slice::Full(model.config());
   KvCache cache;
-  EXPECT_FALSE(model.Forward(full, {}, cache, false).ok());
+  EXPECT_FALSE(model.Forward(full, {}, cache).ok());
   const std::vector<int32_t> out_of_range = {2, 128};
-  EXPECT_FALSE(model.Forward(full, out_of_range, cache, false).ok());
+  EXPECT_FALSE(model.Forward(full, out_of_range, cache).ok());
   const std::vector<int32_t> negative = {-1};
-  EXPECT_FALSE(model.Forward(full, negative, cache, false).ok());
+  EXPECT_FALSE(model.Forward(full, negative, cache).ok());
   EXPECT_EQ(cache.length, 0);
 
   // A cache filled under one set of skipped layers cannot continue under another.
-  ASSERT_TRUE(model.Forward(full, kTokens, cache, false).ok());
+  ASSERT_TRUE(model.Forward(full, kTokens, cache).ok());
   auto skipping = model.MakeSlice(std::vector<int64_t>(23, 128), {5, 6});
   ASSERT_TRUE(skipping.ok()) << skipping.status();
   const std::vector<int32_t> one = {44};
-  EXPECT_EQ(model.Forward(*skipping, one, cache, false).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(model.Forward(*skipping, one, cache).status().code(), absl::StatusCode::kFailedPrecondition);
 
   KvCache long_cache;
   const std::vector<int32_t> too_long(2049, 44);
-  EXPECT_EQ(model.Forward(full, too_long, long_cache, false).status().code(), absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(model.Forward(full, too_long, long_cache).status().code(), absl::StatusCode::kOutOfRange);
 }
 
 }  // namespace

@@ -182,12 +182,12 @@ std::vector<int32_t> GoldenTokens() { return ReadJson(Gemma3nTinyDir() + "/golde
 std::vector<float> RunGolden(const Model& model, const Slice& slice) {
   const std::vector<int32_t> tokens = GoldenTokens();
   KvCache cache;
-  auto prefill = model.Forward(slice, absl::MakeConstSpan(tokens).subspan(0, 48), cache, /*all_logits=*/true);
+  auto prefill = model.Forward(slice, absl::MakeConstSpan(tokens).subspan(0, 48), cache, {.all_logits = true});
   EXPECT_TRUE(prefill.ok()) << prefill.status();
   if (!prefill.ok()) return {};
   std::vector<float> all = *prefill;
   for (size_t t = 48; t < tokens.size(); ++t) {
-    auto step = model.Forward(slice, absl::MakeConstSpan(tokens).subspan(t, 1), cache, /*all_logits=*/false);
+    auto step = model.Forward(slice, absl::MakeConstSpan(tokens).subspan(t, 1), cache, {});
     EXPECT_TRUE(step.ok()) << step.status();
     if (!step.ok()) return {};
     all.insert(all.end(), step->begin(), step->end());
@@ -292,8 +292,8 @@ TEST(Gemma3nSlices, WidthMayChangeBetweenSteps) {
   ASSERT_TRUE(narrow.ok());
   const Slice full = Slice::Full(model.config());
   KvCache cache;
-  ASSERT_TRUE(model.Forward(*narrow, absl::MakeConstSpan(tokens).subspan(0, 10), cache, false).ok());
-  auto next = model.Forward(full, absl::MakeConstSpan(tokens).subspan(10, 1), cache, false);
+  ASSERT_TRUE(model.Forward(*narrow, absl::MakeConstSpan(tokens).subspan(0, 10), cache).ok());
+  auto next = model.Forward(full, absl::MakeConstSpan(tokens).subspan(10, 1), cache);
   ASSERT_TRUE(next.ok()) << next.status();
   EXPECT_TRUE(AllFinite(*next));
   EXPECT_EQ(cache.length, 11);
