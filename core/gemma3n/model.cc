@@ -141,6 +141,12 @@ absl::StatusOr<std::vector<float>> Model::Forward(const Slice& slice, absl::Span
     return absl::OutOfRangeError(absl::StrCat("Forward: ", cache.length + T, " positions exceed max_position_embeddings ",
                                               c.max_position_embeddings));
   }
+  // A slice made for another config could name K/V sources this model's
+  // weights do not have (no k/v projections in shared layers).
+  absl::StatusOr<std::vector<int>> sources = KvSourceLayers(c, slice.skipped);
+  if (!sources.ok() || *sources != slice.kv_source) {
+    return absl::InvalidArgumentError(absl::StrCat("Forward: slice '", slice.name, "' was not made for this model"));
+  }
   if (options.ple_cache != nullptr && options.ple_cache->floats_per_token() != L * dp) {
     return absl::InvalidArgumentError(absl::StrCat("Forward: the PLE cache holds ", options.ple_cache->floats_per_token(),
                                                    " floats per token, this model needs ", L * dp));

@@ -286,6 +286,13 @@ TEST(Gemma3nLoader, ForwardRejectsBadInputs) {
   const std::vector<int32_t> one = {44};
   EXPECT_EQ(model.Forward(*skipping, one, cache).status().code(), absl::StatusCode::kFailedPrecondition);
 
+  // A slice whose K/V sources do not fit the model (e.g. made for another config).
+  Slice bogus = full;
+  bogus.kv_source[22] = 22;
+  KvCache bogus_cache;
+  EXPECT_FALSE(model.Forward(bogus, one, bogus_cache).ok());
+  EXPECT_EQ(bogus_cache.length, 0);
+
   KvCache long_cache;
   const std::vector<int32_t> too_long(2049, 44);
   EXPECT_EQ(model.Forward(full, too_long, long_cache).status().code(), absl::StatusCode::kOutOfRange);
