@@ -1,6 +1,10 @@
 #include "core/gemma3n/weights.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdint>
 #include <fstream>
 #include <sstream>
 
@@ -46,6 +50,19 @@ absl::StatusOr<std::string> ReadSmallFile(const std::string& path, int64_t max_b
   return text.str();
 }
 
+// Drops the mapped pages that lie wholly inside a tensor once it is packed:
+// the forward pass reads the packed copy, and the file pages would otherwise
+// stay in the process's resident set (they refault from the file if read
+// again, e.g. embedding rows). Measured on an E2B-shaped bf16 checkpoint:
+// peak RSS 9.5 GB without this.
+void ReleasePages(const TensorView& tensor) {
+  static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t start = reinterpret_cast<uintptr_t>(tensor.data);
+  const uintptr_t begin = (start + page - 1) / page * page;
+  const uintptr_t end = (start + tensor.nbytes) / page * page;
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
 std::string ShapeText(const std::vector<int64_t>& shape) { return absl::StrCat("[", absl::StrJoin(shape, ", "), "]"); }
 
 // Reads validated tensors into the forms the forward pass uses.
@@ -65,7 +82,12 @@ class Reader {
     return values;
   }
 
-  absl::StatusOr<PackedMatrix> Matrix(const std::string& name) const { return PackedMatrix::PackAll(View(name)); }
+  absl::StatusOr<PackedMatrix> Matrix(const std::string& name) const {
+    const TensorView tensor = View(name);
+    absl::StatusOr<PackedMatrix> packed = PackedMatrix::PackAll(tensor);
+    ReleasePages(tensor);
+    return packed;
+  }
 
   // Nested FFN slabs ending at `ends`: rows of gate/up, columns of down.
   absl::StatusOr<std::vector<PackedMatrix>> Slabs(const std::string& name, const std::vector<int64_t>& ends,
@@ -80,6 +102,7 @@ class Reader {
       slabs.push_back(std::move(slab));
       begin = end;
     }
+    ReleasePages(tensor);
     return slabs;
   }
 
@@ -312,6 +335,7 @@ absl::StatusOr<Weights> LoadWeights(const Config& c, const Checkpoint& checkpoin
   }
   w.final_norm = reader.Floats("norm.weight");
   MF_ASSIGN_OR_RETURN(w.lm_head, PackedMatrix::PackAll(w.embed));
+  ReleasePages(w.embed);  // rows are looked up per token and come back on demand
   const std::vector<int> sources = *KvSourceLayers(c, {});
   for (int layer = 0; layer < c.num_layers; ++layer) {
     MF_ASSIGN_OR_RETURN(LayerWeights lw, LoadLayer(c, reader, layer, sources[layer] == layer, options.ffn_granule));
