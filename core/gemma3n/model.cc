@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -438,6 +439,9 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& directory,
   MF_ASSIGN_OR_RETURN(model->config_, LoadConfig(directory + "/config.json"));
   MF_ASSIGN_OR_RETURN(model->checkpoint_, Checkpoint::Open(directory));
   MF_ASSIGN_OR_RETURN(model->weights_, LoadWeights(model->config_, *model->checkpoint_, options));
+  if (const std::string path = directory + "/tokenizer.model"; std::filesystem::exists(path)) {
+    MF_ASSIGN_OR_RETURN(model->tokenizer_, Tokenizer::Load(path, model->config_.vocab_size));
+  }
   const Config& c = model->config_;
   model->inv_freq_full_ = InverseFrequencies(c.rope_theta_full, c.head_dim);
   model->inv_freq_sliding_ = InverseFrequencies(c.rope_theta_sliding, c.head_dim);

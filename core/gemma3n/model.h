@@ -12,6 +12,7 @@
 #include "core/gemma3n/config.h"
 #include "core/gemma3n/slicing.h"
 #include "core/gemma3n/weights.h"
+#include "core/model/tokenizer.h"
 #include "core/ple/ple_cache.h"
 
 namespace matformer::gemma3n {
@@ -50,6 +51,9 @@ class Model {
   const Weights& weights() const { return weights_; }
   int64_t ffn_granule() const { return options_.ffn_granule; }
   const Checkpoint& checkpoint() const { return *checkpoint_; }
+  // The directory's tokenizer.model (SentencePiece), or null when there is
+  // none (token ids still work).
+  const Tokenizer* tokenizer() const { return tokenizer_.get(); }
 
   // A slice of this model (Slice::Create with the model's FFN granule).
   absl::StatusOr<Slice> MakeSlice(const std::vector<int64_t>& widths_of_kept_layers,
@@ -69,6 +73,7 @@ class Model {
   Config config_;
   LoadOptions options_;
   std::unique_ptr<Checkpoint> checkpoint_;
+  std::unique_ptr<Tokenizer> tokenizer_;
   Weights weights_;
   std::vector<float> inv_freq_full_, inv_freq_sliding_;  // RoPE, head_dim / 2 each
   std::vector<float> sparsity_z_;  // per layer: standard normal quantile of its sparsity (0 = dense)

@@ -85,6 +85,21 @@ TEST(Gemma3nGolden, ConfigMatchesGoldenDescription) {
   EXPECT_EQ(sources[24], 19);
 }
 
+// The golden ids are <bos> and the first 55 SentencePiece ids of the text.
+TEST(Gemma3nGolden, TokenizerGivesTheGoldenIds) {
+  const Golden& g = LoadGolden();
+  const Tokenizer* tokenizer = TinyModel().tokenizer();
+  ASSERT_NE(tokenizer, nullptr);
+  std::ifstream in(TinyDir() + "/golden_tokens.json");
+  const std::string text = nlohmann::json::parse(in)["text"];
+  auto ids = tokenizer->Encode(text);
+  ASSERT_TRUE(ids.ok()) << ids.status();
+  ASSERT_GE(ids->size(), g.tokens.size() - 1);
+  EXPECT_EQ(g.tokens[0], TinyModel().config().bos_token_id);
+  EXPECT_EQ(std::vector<int32_t>(ids->begin(), ids->begin() + (g.tokens.size() - 1)),
+            std::vector<int32_t>(g.tokens.begin() + 1, g.tokens.end()));
+}
+
 TEST(Gemma3nGolden, PrefillAndCachedDecodeMatchHfAndLlamaCpp) {
   const Golden& g = LoadGolden();
   const Model& model = TinyModel();
