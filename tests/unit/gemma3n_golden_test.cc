@@ -130,6 +130,29 @@ TEST(Gemma3nGolden, PrefillAndCachedDecodeMatchHfAndLlamaCpp) {
               max_prefill, max_decode, argmax_hf, positions, argmax_llama, positions);
 }
 
+// Chunked prefill (as a scheduler splits long prompts) through the same cache:
+// chunks straddle the 16-token window and the KV-shared layers' sources.
+TEST(Gemma3nGolden, ChunkedPrefillMatchesHf) {
+  const Golden& g = LoadGolden();
+  const Model& model = TinyModel();
+  const int64_t V = model.config().vocab_size;
+  KvCache cache;
+  std::vector<float> logits;
+  size_t done = 0;
+  for (size_t chunk : {20, 17, 11, 1, 7}) {
+    auto step = model.Forward(Slice::Full(model.config()), absl::MakeConstSpan(g.tokens).subspan(done, chunk), cache,
+                              {.all_logits = true});
+    ASSERT_TRUE(step.ok()) << step.status();
+    logits.insert(logits.end(), step->begin(), step->end());
+    done += chunk;
+  }
+  ASSERT_EQ(done, g.tokens.size());
+  double max_diff = 0;
+  for (size_t i = 0; i < logits.size(); ++i) max_diff = std::max<double>(max_diff, std::fabs(logits[i] - g.logits_hf.data[i]));
+  EXPECT_LE(max_diff, 1e-4);
+  EXPECT_EQ(static_cast<int64_t>(logits.size()), static_cast<int64_t>(g.tokens.size()) * V);
+}
+
 // Per-layer inputs from the shared PLE cache (filled by one slice, read by
 // another that skips layers) give the logits computed without it.
 TEST(Gemma3nGolden, PleCacheServesEverySlice) {
