@@ -72,40 +72,41 @@ std::vector<float> InverseFrequencies(double theta, int head_dim) {
 }
 
 
-// The activations of one Forward call of T tokens. Every buffer is row-major
-// [T][width]; the AltUp streams and predictions are N such [T][d] blocks.
+// The activations of the rows that run one layer in a step. Every buffer is
+// row-major [rows][width] with room for `capacity` rows; the AltUp streams and
+// predictions are N such [rows][d] blocks (compact for the current rows).
 struct Activations {
-  Activations(const Config& c, int64_t tokens, int64_t max_ffn, int64_t context)
-      : T(tokens),
-        d(c.hidden_size),
-        streams(c.altup_num_inputs * T * d),
+  Activations(const Config& c, int64_t capacity, int64_t max_ffn, int64_t max_context)
+      : d(c.hidden_size),
+        streams(c.altup_num_inputs * capacity * d),
         predictions(streams.size()),
-        ple(T * c.num_layers * c.hidden_size_per_layer_input),
-        modalities(T * c.altup_num_inputs),
+        ple(capacity * c.hidden_size_per_layer_input),
+        modalities(capacity * c.altup_num_inputs),
         coefs(c.altup_num_inputs * c.altup_num_inputs),
         router(d),
-        normed(T * d),
-        attn_laurel(T * d),
-        laurel_rank(T * c.laurel_rank),
-        laurel(T * d),
-        q(T * c.num_heads * c.head_dim),
-        k(T * c.num_kv_heads * c.head_dim),
+        normed(capacity * d),
+        attn_laurel(capacity * d),
+        laurel_rank(capacity * c.laurel_rank),
+        laurel(capacity * d),
+        q(capacity * c.num_heads * c.head_dim),
+        k(capacity * c.num_kv_heads * c.head_dim),
         v(k.size()),
         attn(q.size()),
-        attn_out(T * d),
-        gate(T * max_ffn),
+        attn_out(capacity * d),
+        gate(capacity * max_ffn),
         up(gate.size()),
-        ffn_out(T * d),
-        per_layer(T * c.hidden_size_per_layer_input),
-        per_layer_out(T * d),
-        scores(context) {}
+        ffn_out(capacity * d),
+        per_layer(capacity * c.hidden_size_per_layer_input),
+        per_layer_out(capacity * d),
+        scores(max_context) {}
 
   float* stream(int i, int64_t t) { return &streams[(i * T + t) * d]; }
   float* prediction(int i, int64_t t) { return &predictions[(i * T + t) * d]; }
 
-  const int64_t T, d;
+  int64_t T = 0;  // rows running the layer
+  const int64_t d;
   std::vector<float> streams, predictions;  // AltUp state and its prediction, [N][T][d]
-  std::vector<float> ple;                   // per-layer inputs, [T][L][d_ple]
+  std::vector<float> ple;                   // the layer's per-layer input, [T][d_ple]
   std::vector<float> modalities, coefs, router;  // AltUp router outputs, coefficients, scratch
   std::vector<float> normed;       // input of the block being run (input norm, then pre-FFN norm)
   std::vector<float> attn_laurel;  // (prediction + attention + LAuReL) / sqrt(2)
@@ -114,6 +115,14 @@ struct Activations {
   std::vector<float> gate, up, ffn_out;  // ffn_out ends as the layer's output for the active stream
   std::vector<float> per_layer, per_layer_out;
   std::vector<float> scores;  // attention scores of one query, [context]
+};
+
+// The rows of one sequence within a layer's batch.
+struct Segment {
+  int64_t begin = 0, count = 0;  // rows [begin, begin + count)
+  int64_t start = 0;             // position of the first row
+  KvCache* cache = nullptr;
+  int source = 0;                // the layer whose K/V the sequence reads here
 };
 
 // Gemma3nTextScaledWordEmbedding: E[t] * sqrt(d).
@@ -163,14 +172,15 @@ void PerLayerInputs(const Config& c, const Weights& w, absl::Span<const int32_t>
 }
 
 // Gemma3nTextModel.forward, before the layers: stream 0 is h0, stream i the
-// i-th AltUp projection of h0 scaled to h0's magnitude.
-void InitStreams(const Config& c, const Weights& w, const float* h0, Activations& a) {
-  const int64_t T = a.T, d = a.d;
-  std::copy(h0, h0 + T * d, a.streams.begin());
+// i-th AltUp projection of h0 scaled to h0's magnitude. state is [N][R][d].
+void InitStreams(const Config& c, const Weights& w, const float* h0, int64_t R, float* state) {
+  const int64_t d = c.hidden_size;
+  std::copy(h0, h0 + R * d, state);
   for (int i = 1; i < c.altup_num_inputs; ++i) {
-    MatMul(h0, T, d, w.altup_projections[i - 1], a.stream(i, 0), d, false);
-    for (int64_t t = 0; t < T; ++t) {
-      MatchMagnitude(a.stream(i, t), d, static_cast<float>(std::sqrt(MeanSquare(h0 + t * d, d))));
+    float* stream = state + i * R * d;
+    MatMul(h0, R, d, w.altup_projections[i - 1], stream, d, false);
+    for (int64_t r = 0; r < R; ++r) {
+      MatchMagnitude(stream + r * d, d, static_cast<float>(std::sqrt(MeanSquare(h0 + r * d, d))));
     }
   }
 }
@@ -213,95 +223,113 @@ void Laurel(const Config& c, const LayerWeights& lw, Activations& a) {
 }
 
 // Gemma3nTextAttention on a.normed, into a.attn_out (before the post norm):
-// q/k RMSNorm per head then RoPE, v RMSNorm without scale, scale 1. A layer
-// that owns its K/V appends them to the cache; a KV-shared layer reads its
-// source's, already appended this step. Sliding layers see keys j with
-// position - j < sliding_window.
-void Attention(const Config& c, const LayerWeights& lw, int layer, int source, const float* inv_freq, int64_t start,
-               KvCache& cache, Activations& a) {
+// q/k RMSNorm per head then RoPE, v RMSNorm without scale, scale 1. Each
+// segment (one sequence's rows) that owns its K/V here appends them to its
+// cache; a KV-shared one reads its source's, already appended this step.
+// Sliding layers see keys j with position - j < sliding_window.
+void Attention(const Config& c, const LayerWeights& lw, int layer, const float* inv_freq,
+               const std::vector<Segment>& segments, Activations& a) {
   const int64_t T = a.T, d = a.d;
   const int hd = c.head_dim, H = c.num_heads, KV = c.num_kv_heads;
   const int64_t q_dim = int64_t{H} * hd, kv_dim = int64_t{KV} * hd;
   const float eps = static_cast<float>(c.rms_norm_eps);
+  const bool owns_kv = std::any_of(segments.begin(), segments.end(), [&](const Segment& s) { return s.source == layer; });
   MatMul(a.normed.data(), T, d, lw.q, a.q.data(), q_dim, false);
-  for (int64_t t = 0; t < T; ++t) {
-    for (int h = 0; h < H; ++h) {
-      float* head = &a.q[t * q_dim + h * hd];
-      RmsNorm(head, lw.q_norm.data(), hd, eps, head);
-    }
-    ApplyRope(&a.q[t * q_dim], H, hd, start + t, inv_freq);
-  }
-  if (source == layer) {
+  if (owns_kv) {
     MatMul(a.normed.data(), T, d, lw.k, a.k.data(), kv_dim, false);
     MatMul(a.normed.data(), T, d, lw.v, a.v.data(), kv_dim, false);
-    for (int64_t t = 0; t < T; ++t) {
+  }
+  const bool sliding = c.layer_types[layer] == LayerType::kSliding;
+  const int group = H / KV;
+  float* scores = a.scores.data();
+  for (const Segment& segment : segments) {
+    for (int64_t i = 0; i < segment.count; ++i) {
+      const int64_t t = segment.begin + i, position = segment.start + i;
+      for (int h = 0; h < H; ++h) {
+        float* head = &a.q[t * q_dim + h * hd];
+        RmsNorm(head, lw.q_norm.data(), hd, eps, head);
+      }
+      ApplyRope(&a.q[t * q_dim], H, hd, position, inv_freq);
+      if (segment.source != layer) continue;
       for (int h = 0; h < KV; ++h) {
         float* key = &a.k[t * kv_dim + h * hd];
         RmsNorm(key, lw.k_norm.data(), hd, eps, key);
         RmsNormNoScale(&a.v[t * kv_dim + h * hd], hd, eps);
       }
-      ApplyRope(&a.k[t * kv_dim], KV, hd, start + t, inv_freq);
+      ApplyRope(&a.k[t * kv_dim], KV, hd, position, inv_freq);
     }
-    cache.k[layer].insert(cache.k[layer].end(), a.k.begin(), a.k.end());
-    cache.v[layer].insert(cache.v[layer].end(), a.v.begin(), a.v.end());
-  }
-  const std::vector<float>& keys = cache.k[source];
-  const std::vector<float>& values = cache.v[source];
-  const bool sliding = c.layer_types[layer] == LayerType::kSliding;
-  const int group = H / KV;
-  float* scores = a.scores.data();
-  for (int64_t t = 0; t < T; ++t) {
-    const int64_t position = start + t;
-    const int64_t first = sliding ? std::max<int64_t>(0, position - c.sliding_window + 1) : 0;
-    for (int h = 0; h < H; ++h) {
-      const float* query = &a.q[t * q_dim + h * hd];
-      const int64_t kv_offset = int64_t{h / group} * hd;
-      float max_score = -INFINITY;
-      for (int64_t j = first; j <= position; ++j) {
-        const float* key = &keys[j * kv_dim + kv_offset];
-        float dot = 0;
-        for (int i = 0; i < hd; ++i) dot += query[i] * key[i];
-        scores[j] = dot;
-        max_score = std::max(max_score, dot);
-      }
-      double total = 0;
-      for (int64_t j = first; j <= position; ++j) {
-        scores[j] = std::exp(scores[j] - max_score);
-        total += scores[j];
-      }
-      float* out = &a.attn[t * q_dim + h * hd];
-      std::fill(out, out + hd, 0.0f);
-      const float inv_total = static_cast<float>(1.0 / total);
-      for (int64_t j = first; j <= position; ++j) {
-        const float p = scores[j] * inv_total;
-        const float* value = &values[j * kv_dim + kv_offset];
-        for (int i = 0; i < hd; ++i) out[i] += p * value[i];
+    KvCache& cache = *segment.cache;
+    if (segment.source == layer) {
+      const auto rows = [&](const std::vector<float>& x) {
+        return std::make_pair(x.begin() + segment.begin * kv_dim, x.begin() + (segment.begin + segment.count) * kv_dim);
+      };
+      cache.k[layer].insert(cache.k[layer].end(), rows(a.k).first, rows(a.k).second);
+      cache.v[layer].insert(cache.v[layer].end(), rows(a.v).first, rows(a.v).second);
+    }
+    const std::vector<float>& keys = cache.k[segment.source];
+    const std::vector<float>& values = cache.v[segment.source];
+    for (int64_t i = 0; i < segment.count; ++i) {
+      const int64_t t = segment.begin + i, position = segment.start + i;
+      const int64_t first = sliding ? std::max<int64_t>(0, position - c.sliding_window + 1) : 0;
+      for (int h = 0; h < H; ++h) {
+        const float* query = &a.q[t * q_dim + h * hd];
+        const int64_t kv_offset = int64_t{h / group} * hd;
+        float max_score = -INFINITY;
+        for (int64_t j = first; j <= position; ++j) {
+          const float* key = &keys[j * kv_dim + kv_offset];
+          float dot = 0;
+          for (int e = 0; e < hd; ++e) dot += query[e] * key[e];
+          scores[j] = dot;
+          max_score = std::max(max_score, dot);
+        }
+        double total = 0;
+        for (int64_t j = first; j <= position; ++j) {
+          scores[j] = std::exp(scores[j] - max_score);
+          total += scores[j];
+        }
+        float* out = &a.attn[t * q_dim + h * hd];
+        std::fill(out, out + hd, 0.0f);
+        const float inv_total = static_cast<float>(1.0 / total);
+        for (int64_t j = first; j <= position; ++j) {
+          const float p = scores[j] * inv_total;
+          const float* value = &values[j * kv_dim + kv_offset];
+          for (int e = 0; e < hd; ++e) out[e] += p * value[e];
+        }
       }
     }
   }
   MatMul(a.attn.data(), T, q_dim, lw.o, a.attn_out.data(), d, false);
 }
 
-// Gemma3nTextMLP on a.normed at width m (slabs 0..slabs-1), into a.ffn_out:
-// down((gelu(topk(gate(x))) * up(x))), topk the Gaussian cutoff when z != 0.
-void FeedForward(const Config& c, const LayerWeights& lw, int64_t m, int slabs, bool sparse, float z,
+// Gemma3nTextMLP on a.normed into a.ffn_out, row t at width row_width[t]
+// (a slab end; rows sorted widest first): down(gelu(topk(gate(x))) * up(x)),
+// topk the Gaussian cutoff when `sparse`. Slab j runs over the rows whose
+// width reaches its end, a prefix of them.
+void FeedForward(const Config& c, const LayerWeights& lw, const std::vector<int64_t>& row_width, bool sparse, float z,
                  Activations& a) {
-  const int64_t T = a.T, d = a.d;
+  const int64_t T = a.T, d = a.d, ld = row_width[0];
+  std::vector<int64_t> slab_rows;  // rows that run each slab
+  for (int64_t end : lw.ffn_slab_ends) {
+    const int64_t rows = std::count_if(row_width.begin(), row_width.end(), [&](int64_t w) { return w >= end; });
+    if (rows == 0) break;
+    slab_rows.push_back(rows);
+  }
   int64_t begin = 0;
-  for (int j = 0; j < slabs; ++j) {
-    MatMul(a.normed.data(), T, d, lw.gate[j], a.gate.data() + begin, m, false);
-    MatMul(a.normed.data(), T, d, lw.up[j], a.up.data() + begin, m, false);
+  for (size_t j = 0; j < slab_rows.size(); ++j) {
+    MatMul(a.normed.data(), slab_rows[j], d, lw.gate[j], a.gate.data() + begin, ld, false);
+    MatMul(a.normed.data(), slab_rows[j], d, lw.up[j], a.up.data() + begin, ld, false);
     begin = lw.ffn_slab_ends[j];
   }
   for (int64_t t = 0; t < T; ++t) {
-    float* g = &a.gate[t * m];
+    const int64_t m = row_width[t];
+    float* g = &a.gate[t * ld];
     if (sparse) GaussianTopK(g, m, z);
     Activate(c.activation, g, m);
-    for (int64_t i = 0; i < m; ++i) g[i] *= a.up[t * m + i];
+    for (int64_t i = 0; i < m; ++i) g[i] *= a.up[t * ld + i];
   }
   begin = 0;
-  for (int j = 0; j < slabs; ++j) {
-    MatMul(a.gate.data() + begin, T, m, lw.down[j], a.ffn_out.data(), d, /*accumulate=*/j > 0);
+  for (size_t j = 0; j < slab_rows.size(); ++j) {
+    MatMul(a.gate.data() + begin, slab_rows[j], ld, lw.down[j], a.ffn_out.data(), d, /*accumulate=*/j > 0);
     begin = lw.ffn_slab_ends[j];
   }
 }
@@ -327,9 +355,9 @@ void AltUpCorrect(const Config& c, const LayerWeights& lw, Activations& a) {
 }
 
 // The end of Gemma3nTextDecoderLayer: streams 1..N-1 (HF's [1:], whatever
-// altup_active_idx is) += RMSNorm(W_proj · (act(W_gate · scaled s_active) * ple[l])).
-void InjectPerLayerInput(const Config& c, const LayerWeights& lw, int layer, Activations& a) {
-  const int64_t T = a.T, d = a.d, dp = c.hidden_size_per_layer_input, L = c.num_layers;
+// altup_active_idx is) += RMSNorm(W_proj · (act(W_gate · scaled s_active) * ple)).
+void InjectPerLayerInput(const Config& c, const LayerWeights& lw, Activations& a) {
+  const int64_t T = a.T, d = a.d, dp = c.hidden_size_per_layer_input;
   float* scaled = a.normed.data();  // free at this point
   for (int64_t t = 0; t < T; ++t) {
     const float* corrected = a.stream(c.altup_active_idx, t);
@@ -341,7 +369,7 @@ void InjectPerLayerInput(const Config& c, const LayerWeights& lw, int layer, Act
   for (int64_t t = 0; t < T; ++t) {
     float* row = &a.per_layer[t * dp];
     Activate(c.activation, row, dp);
-    const float* input = &a.ple[(t * L + layer) * dp];
+    const float* input = &a.ple[t * dp];
     for (int64_t k = 0; k < dp; ++k) row[k] *= input[k];
   }
   MatMul(a.per_layer.data(), T, dp, lw.per_layer_projection, a.per_layer_out.data(), d, false);
@@ -355,9 +383,10 @@ void InjectPerLayerInput(const Config& c, const LayerWeights& lw, int layer, Act
   }
 }
 
-// Gemma3nTextDecoderLayer.forward for a kept layer.
-void DecoderLayer(const Config& c, const LayerWeights& lw, int layer, int source, const float* inv_freq,
-                  int64_t ffn_width, int ffn_slabs, float sparsity_z, int64_t start, KvCache& cache, Activations& a) {
+// Gemma3nTextDecoderLayer.forward over the rows in `a`.
+void DecoderLayer(const Config& c, const LayerWeights& lw, int layer, const float* inv_freq,
+                  const std::vector<Segment>& segments, const std::vector<int64_t>& row_width, float sparsity_z,
+                  Activations& a) {
   const int64_t T = a.T, d = a.d;
   const float eps = static_cast<float>(c.rms_norm_eps);
   AltUpPredict(c, lw, a);
@@ -365,7 +394,7 @@ void DecoderLayer(const Config& c, const LayerWeights& lw, int layer, int source
     RmsNorm(a.prediction(c.altup_active_idx, t), lw.input_norm.data(), d, eps, &a.normed[t * d]);
   }
   Laurel(c, lw, a);
-  Attention(c, lw, layer, source, inv_freq, start, cache, a);
+  Attention(c, lw, layer, inv_freq, segments, a);
   for (int64_t t = 0; t < T; ++t) {
     float* attn = &a.attn_out[t * d];
     RmsNorm(attn, lw.post_attention_norm.data(), d, eps, attn);
@@ -376,39 +405,42 @@ void DecoderLayer(const Config& c, const LayerWeights& lw, int layer, int source
     }
     RmsNorm(combined, lw.pre_ffw_norm.data(), d, eps, &a.normed[t * d]);
   }
-  FeedForward(c, lw, ffn_width, ffn_slabs, c.activation_sparsity[layer] > 0, sparsity_z, a);
+  FeedForward(c, lw, row_width, c.activation_sparsity[layer] > 0, sparsity_z, a);
   for (int64_t t = 0; t < T; ++t) {
     float* row = &a.ffn_out[t * d];
     RmsNorm(row, lw.post_ffw_norm.data(), d, eps, row);
     for (int64_t k = 0; k < d; ++k) row[k] += a.attn_laurel[t * d + k];
   }
   AltUpCorrect(c, lw, a);
-  InjectPerLayerInput(c, lw, layer, a);
+  InjectPerLayerInput(c, lw, a);
 }
 
-// Gemma3nTextModel.forward after the layers and Gemma3nForCausalLM's head:
-// unembed streams 1..N-1 to stream 0's magnitude, average the N streams,
-// final norm, tied LM head, soft-cap. Rows [first_row, T).
-std::vector<float> Logits(const Config& c, const Weights& w, int64_t first_row, Activations& a) {
-  const int64_t d = a.d, rows = a.T - first_row;
+// Gemma3nTextModel.forward after the layers and Gemma3nForCausalLM's head for
+// rows `rows` of state [N][R][d]: unembed streams 1..N-1 to stream 0's
+// magnitude, average the N streams, final norm, tied LM head, soft-cap.
+std::vector<float> Logits(const Config& c, const Weights& w, const std::vector<float>& state, int64_t R,
+                          const std::vector<int64_t>& rows) {
+  const int64_t d = c.hidden_size, n_rows = static_cast<int64_t>(rows.size());
   const int N = c.altup_num_inputs;
-  std::vector<float> hidden(rows * d), unembedded(rows * d);
-  std::copy(a.stream(0, first_row), a.stream(0, first_row) + rows * d, hidden.begin());
+  auto state_row = [&](int i, int64_t r) { return &state[(i * R + r) * d]; };
+  std::vector<float> hidden(n_rows * d), gathered(n_rows * d), unembedded(n_rows * d);
+  for (int64_t r = 0; r < n_rows; ++r) std::copy_n(state_row(0, rows[r]), d, &hidden[r * d]);
   for (int i = 1; i < N; ++i) {
-    MatMul(a.stream(i, first_row), rows, d, w.altup_unembed_projections[i - 1], unembedded.data(), d, false);
-    for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t r = 0; r < n_rows; ++r) std::copy_n(state_row(i, rows[r]), d, &gathered[r * d]);
+    MatMul(gathered.data(), n_rows, d, w.altup_unembed_projections[i - 1], unembedded.data(), d, false);
+    for (int64_t r = 0; r < n_rows; ++r) {
       float* row = &unembedded[r * d];
-      MatchMagnitude(row, d, static_cast<float>(std::sqrt(MeanSquare(a.stream(0, first_row + r), d))));
+      MatchMagnitude(row, d, static_cast<float>(std::sqrt(MeanSquare(state_row(0, rows[r]), d))));
       for (int64_t k = 0; k < d; ++k) hidden[r * d + k] += row[k];
     }
   }
-  for (int64_t r = 0; r < rows; ++r) {
+  for (int64_t r = 0; r < n_rows; ++r) {
     float* row = &hidden[r * d];
     for (int64_t k = 0; k < d; ++k) row[k] /= static_cast<float>(N);
     RmsNorm(row, w.final_norm.data(), d, static_cast<float>(c.rms_norm_eps), row);
   }
-  std::vector<float> logits(rows * c.vocab_size);
-  MatMul(hidden.data(), rows, d, w.lm_head, logits.data(), c.vocab_size, false);
+  std::vector<float> logits(n_rows * c.vocab_size);
+  MatMul(hidden.data(), n_rows, d, w.lm_head, logits.data(), c.vocab_size, false);
   if (c.final_logit_softcapping > 0) {
     const float cap = static_cast<float>(c.final_logit_softcapping);
     for (float& logit : logits) logit = std::tanh(logit / cap) * cap;
@@ -458,75 +490,138 @@ absl::StatusOr<Slice> Model::MakeSlice(const std::vector<int64_t>& widths_of_kep
 
 absl::StatusOr<std::vector<float>> Model::Forward(const Slice& slice, absl::Span<const int32_t> tokens,
                                                   KvCache& cache, const ForwardOptions& options) const {
-  const Config& c = config_;
-  const int64_t T = static_cast<int64_t>(tokens.size()), L = c.num_layers;
+  const StepInput input{.slice = &slice, .cache = &cache, .tokens = tokens, .all_logits = options.all_logits};
+  return Step({&input, 1}, {.ple_cache = options.ple_cache, .observer = options.observer});
+}
 
-  // Every input is checked before anything changes.
-  if (T == 0) return absl::InvalidArgumentError("Forward: no tokens");
-  if (static_cast<int64_t>(slice.ffn_width.size()) != L || static_cast<int64_t>(slice.skipped.size()) != L ||
-      static_cast<int64_t>(slice.kv_source.size()) != L) {
-    return absl::InvalidArgumentError(absl::StrCat("Forward: slice '", slice.name, "' is not for a ", L, "-layer model"));
+absl::Status Model::CheckInput(const StepInput& input) const {
+  const Config& c = config_;
+  const int L = c.num_layers;
+  if (input.slice == nullptr || input.cache == nullptr) return absl::InvalidArgumentError("Step: no slice or cache");
+  const Slice& slice = *input.slice;
+  const KvCache& cache = *input.cache;
+  const int64_t T = static_cast<int64_t>(input.tokens.size());
+  if (T == 0) return absl::InvalidArgumentError("Step: no tokens");
+  if (static_cast<int>(slice.ffn_width.size()) != L || static_cast<int>(slice.skipped.size()) != L ||
+      static_cast<int>(slice.kv_source.size()) != L) {
+    return absl::InvalidArgumentError(absl::StrCat("Step: slice '", slice.name, "' is not for a ", L, "-layer model"));
   }
-  for (int64_t t = 0; t < T; ++t) {
-    if (tokens[t] < 0 || tokens[t] >= c.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("Forward: token ", tokens[t], " outside [0, ", c.vocab_size, ")"));
+  for (int32_t token : input.tokens) {
+    if (token < 0 || token >= c.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("Step: token ", token, " outside [0, ", c.vocab_size, ")"));
     }
   }
   if (cache.length + T > c.max_position_embeddings) {
-    return absl::OutOfRangeError(absl::StrCat("Forward: ", cache.length + T, " positions exceed max_position_embeddings ",
+    return absl::OutOfRangeError(absl::StrCat("Step: ", cache.length + T, " positions exceed max_position_embeddings ",
                                               c.max_position_embeddings));
   }
   // A slice made for another config could name K/V sources this model's
   // weights do not have (no k/v projections in shared layers).
   absl::StatusOr<std::vector<int>> sources = KvSourceLayers(c, slice.skipped);
   if (!sources.ok() || *sources != slice.kv_source) {
-    return absl::InvalidArgumentError(absl::StrCat("Forward: slice '", slice.name, "' was not made for this model"));
+    return absl::InvalidArgumentError(absl::StrCat("Step: slice '", slice.name, "' was not made for this model"));
   }
-  const int64_t ple_floats = L * c.hidden_size_per_layer_input;
-  if (options.ple_cache != nullptr && options.ple_cache->floats_per_token() != ple_floats) {
-    return absl::InvalidArgumentError(absl::StrCat("Forward: the PLE cache holds ", options.ple_cache->floats_per_token(),
-                                                   " floats per token, this model needs ", ple_floats));
-  }
-  std::vector<int> ffn_slabs(L, 0);  // slabs each kept layer runs
-  int64_t max_ffn = 1;
   for (int l = 0; l < L; ++l) {
     if (slice.skipped[l]) continue;
     const std::vector<int64_t>& ends = weights_.layers[l].ffn_slab_ends;
-    auto it = std::find(ends.begin(), ends.end(), slice.ffn_width[l]);
-    if (it == ends.end()) {
-      return absl::InvalidArgumentError(absl::StrCat("Forward: slice '", slice.name, "' layer ", l, " width ",
+    if (std::find(ends.begin(), ends.end(), slice.ffn_width[l]) == ends.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("Step: slice '", slice.name, "' layer ", l, " width ",
                                                      slice.ffn_width[l], " is not a slab boundary of this model"));
     }
-    ffn_slabs[l] = static_cast<int>(it - ends.begin()) + 1;
-    max_ffn = std::max(max_ffn, slice.ffn_width[l]);
   }
-  if (cache.length == 0 && cache.kv_source.empty()) {
-    cache.kv_source = slice.kv_source;
-    cache.k.assign(L, {});
-    cache.v.assign(L, {});
-  } else if (cache.kv_source != slice.kv_source) {
+  if (!(cache.length == 0 && cache.kv_source.empty()) && cache.kv_source != slice.kv_source) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "Forward: slice '", slice.name, "' skips other layers than the slice that filled this KV cache"));
+        "Step: slice '", slice.name, "' skips other layers than the slice that filled this KV cache"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<float>> Model::Step(absl::Span<const StepInput> inputs, const StepOptions& options) const {
+  const Config& c = config_;
+  const int L = c.num_layers, N = c.altup_num_inputs;
+  const int64_t d = c.hidden_size, dp = c.hidden_size_per_layer_input;
+
+  // Every input is checked before anything changes.
+  if (inputs.empty()) return absl::InvalidArgumentError("Step: no inputs");
+  for (size_t s = 0; s < inputs.size(); ++s) {
+    MF_RETURN_IF_ERROR(CheckInput(inputs[s]));
+    for (size_t other = 0; other < s; ++other) {
+      if (inputs[other].cache == inputs[s].cache) return absl::InvalidArgumentError("Step: a KV cache appears twice");
+    }
+  }
+  if (options.ple_cache != nullptr && options.ple_cache->floats_per_token() != L * dp) {
+    return absl::InvalidArgumentError(absl::StrCat("Step: the PLE cache holds ", options.ple_cache->floats_per_token(),
+                                                   " floats per token, this model needs ", L * dp));
   }
 
-  const int64_t start = cache.length;
-  Activations a(c, T, max_ffn, start + T);
-  std::vector<float> h0(T * c.hidden_size);
-  Embed(c, weights_, tokens, h0.data());
-  PerLayerInputs(c, weights_, tokens, h0.data(), options.ple_cache, a.ple.data());
-  InitStreams(c, weights_, h0.data(), a);
-  if (options.observer != nullptr) (*options.observer)(-1, a.streams);
-  for (int l = 0; l < L; ++l) {
-    if (!slice.skipped[l]) {
-      const float* inv_freq =
-          c.layer_types[l] == LayerType::kSliding ? inv_freq_sliding_.data() : inv_freq_full_.data();
-      DecoderLayer(c, weights_.layers[l], l, slice.kv_source[l], inv_freq, slice.ffn_width[l], ffn_slabs[l],
-                   sparsity_z_[l], start, cache, a);
+  // Rows: the tokens of every input, in input order.
+  std::vector<int64_t> row_begin;
+  std::vector<int32_t> tokens;
+  int64_t max_context = 0, max_ffn = 1;
+  for (const StepInput& input : inputs) {
+    row_begin.push_back(static_cast<int64_t>(tokens.size()));
+    tokens.insert(tokens.end(), input.tokens.begin(), input.tokens.end());
+    max_context = std::max<int64_t>(max_context, input.cache->length + static_cast<int64_t>(input.tokens.size()));
+    for (int64_t width : input.slice->ffn_width) max_ffn = std::max(max_ffn, width);
+    KvCache& cache = *input.cache;
+    if (cache.length == 0 && cache.kv_source.empty()) {
+      cache.kv_source = input.slice->kv_source;
+      cache.k.assign(L, {});
+      cache.v.assign(L, {});
     }
-    if (options.observer != nullptr) (*options.observer)(l, a.streams);  // a skipped layer is the identity
   }
-  cache.length += T;
-  return Logits(c, weights_, options.all_logits ? 0 : T - 1, a);
+  const int64_t R = static_cast<int64_t>(tokens.size());
+
+  std::vector<float> h0(R * d), ple(R * L * dp), state(N * R * d);
+  Embed(c, weights_, tokens, h0.data());
+  PerLayerInputs(c, weights_, tokens, h0.data(), options.ple_cache, ple.data());
+  InitStreams(c, weights_, h0.data(), R, state.data());
+  if (options.observer != nullptr) (*options.observer)(-1, state);
+
+  Activations a(c, R, max_ffn, max_context);
+  for (int l = 0; l < L; ++l) {
+    // The sequences that keep the layer, widest FFN first; their rows form the batch.
+    std::vector<size_t> order;
+    for (size_t s = 0; s < inputs.size(); ++s) {
+      if (!inputs[s].slice->skipped[l]) order.push_back(s);
+    }
+    std::stable_sort(order.begin(), order.end(), [&](size_t x, size_t y) {
+      return inputs[x].slice->ffn_width[l] > inputs[y].slice->ffn_width[l];
+    });
+    std::vector<int64_t> rows, row_width;
+    std::vector<Segment> segments;
+    for (size_t s : order) {
+      const StepInput& input = inputs[s];
+      const int64_t count = static_cast<int64_t>(input.tokens.size());
+      segments.push_back({.begin = static_cast<int64_t>(rows.size()), .count = count, .start = input.cache->length,
+                          .cache = input.cache, .source = input.slice->kv_source[l]});
+      for (int64_t i = 0; i < count; ++i) {
+        rows.push_back(row_begin[s] + i);
+        row_width.push_back(input.slice->ffn_width[l]);
+      }
+    }
+    if (!rows.empty()) {
+      a.T = static_cast<int64_t>(rows.size());
+      for (int64_t t = 0; t < a.T; ++t) {
+        for (int i = 0; i < N; ++i) std::copy_n(&state[(i * R + rows[t]) * d], d, a.stream(i, t));
+        std::copy_n(&ple[(rows[t] * L + l) * dp], dp, &a.ple[t * dp]);
+      }
+      const float* inv_freq = c.layer_types[l] == LayerType::kSliding ? inv_freq_sliding_.data() : inv_freq_full_.data();
+      DecoderLayer(c, weights_.layers[l], l, inv_freq, segments, row_width, sparsity_z_[l], a);
+      for (int64_t t = 0; t < a.T; ++t) {
+        for (int i = 0; i < N; ++i) std::copy_n(a.stream(i, t), d, &state[(i * R + rows[t]) * d]);
+      }
+    }
+    if (options.observer != nullptr) (*options.observer)(l, state);  // rows that skip the layer are unchanged
+  }
+
+  std::vector<int64_t> logit_rows;
+  for (size_t s = 0; s < inputs.size(); ++s) {
+    const int64_t count = static_cast<int64_t>(inputs[s].tokens.size());
+    for (int64_t i = inputs[s].all_logits ? 0 : count - 1; i < count; ++i) logit_rows.push_back(row_begin[s] + i);
+    inputs[s].cache->length += count;
+  }
+  return Logits(c, weights_, state, R, logit_rows);
 }
 
 }  // namespace matformer::gemma3n

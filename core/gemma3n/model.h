@@ -27,9 +27,10 @@ struct KvCache {
   std::vector<std::vector<float>> k, v;    // [layer]; empty for layers that do not own K/V
 };
 
-// Called with the AltUp streams [N][T][d] of the tokens of a Forward call:
-// layer -1 is the input to layer 0, layer l the output of layer l (the
-// unchanged input of a skipped layer). For debugging against golden states.
+// Called with the AltUp streams [N][R][d] of the R rows of a step (the
+// tokens of all inputs, in input order): layer -1 is the input to layer 0,
+// layer l the output of layer l (the unchanged input of rows that skip it).
+// For debugging against golden states.
 using LayerObserver = std::function<void(int layer, absl::Span<const float> streams)>;
 
 struct ForwardOptions {
@@ -41,8 +42,22 @@ struct ForwardOptions {
   const LayerObserver* observer = nullptr;
 };
 
-// A loaded Hugging Face Gemma 3n text model. Immutable after Load; Forward
-// may run concurrently on different caches.
+// One sequence's part of a Step: its next tokens (a prefill chunk or one
+// decode token) under its slice, appended to its cache.
+struct StepInput {
+  const Slice* slice = nullptr;
+  KvCache* cache = nullptr;
+  absl::Span<const int32_t> tokens;
+  bool all_logits = false;  // logits of every token instead of the last one's
+};
+
+struct StepOptions {
+  PleCache* ple_cache = nullptr;  // as ForwardOptions::ple_cache
+  const LayerObserver* observer = nullptr;
+};
+
+// A loaded Hugging Face Gemma 3n text model. Immutable after Load; steps may
+// run concurrently on different caches.
 class Model {
  public:
   static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& directory, const LoadOptions& options = {});
@@ -68,6 +83,14 @@ class Model {
   absl::StatusOr<std::vector<float>> Forward(const Slice& slice, absl::Span<const int32_t> tokens, KvCache& cache,
                                              const ForwardOptions& options = {}) const;
 
+  // One step over several sequences, each with its own slice and cache (at
+  // most once per step): every matmul runs over the rows of all sequences
+  // that keep the layer, the FFN over rows sorted widest first so that slab j
+  // covers a prefix of them. Returns the logits rows in input order (each
+  // input's last token, or all its tokens). Same checks and guarantees as
+  // Forward, which is a one-input Step.
+  absl::StatusOr<std::vector<float>> Step(absl::Span<const StepInput> inputs, const StepOptions& options = {}) const;
+
  private:
   Model() = default;
   Config config_;
@@ -77,6 +100,8 @@ class Model {
   Weights weights_;
   std::vector<float> inv_freq_full_, inv_freq_sliding_;  // RoPE, head_dim / 2 each
   std::vector<float> sparsity_z_;  // per layer: standard normal quantile of its sparsity (0 = dense)
+
+  absl::Status CheckInput(const StepInput& input) const;
 };
 
 // The standard normal quantile (inverse CDF) at p in (0, 1), to double precision.
