@@ -43,8 +43,11 @@ struct Slice {
   // width) or the layer's full width, and at most the full width.
   static absl::StatusOr<Slice> Create(const Config& config, int64_t ffn_granule, const std::vector<int64_t>& widths,
                                       const std::vector<int>& skipped_layers, std::string name = "");
-  // Parameters multiplied per token (Gemma 3n "effective" parameters: the
-  // text decoder without the embedding tables, plus the tied LM head).
+  // Parameters multiplied per token: the kept layers' weights (K/V only where
+  // a layer owns them), the AltUp and PLE projections, the norms and the tied
+  // LM head; not the embedding and PLE tables (rows are looked up). Google's
+  // published "effective parameters" are this minus the LM head plus the
+  // unused K/V of shared layers (checked against the table in the tests).
   int64_t ActiveParams(const Config& config) const;
 };
 
