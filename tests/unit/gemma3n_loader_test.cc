@@ -17,6 +17,7 @@ namespace matformer::gemma3n {
 namespace {
 
 using ::matformer::testing::FreshDirectory;
+using ::matformer::testing::ScopedDirectory;
 using ::matformer::testing::Gemma3nTinyDir;
 using ::matformer::testing::ReadAllTensors;
 using ::matformer::testing::ReadJson;
@@ -64,6 +65,7 @@ TEST(Gemma3nLoader, TablesStayInTheMapping) {
 // safetensors file: it must never be opened.
 TEST(Gemma3nLoader, ShardedCheckpointIgnoresVisionAndAudioShards) {
   const std::string dir = FreshDirectory("gemma3n_sharded");
+  const ScopedDirectory cleanup(dir);
   std::filesystem::create_directories(dir);
   std::filesystem::copy_file(Gemma3nTinyDir() + "/config.json", dir + "/config.json");
   std::vector<TensorToWrite> tensors = ReadAllTensors(Gemma3nTinyDir() + "/model.safetensors");
@@ -125,6 +127,7 @@ TEST(Gemma3nLoader, MultimodalConfigWithLegacyRopeFields) {
                   {"audio_config", {{"model_type", "gemma3n_audio"}}}};
       },
       nullptr);
+  const ScopedDirectory cleanup(dir);
   auto model = Model::Load(dir);
   ASSERT_TRUE(model.ok()) << model.status();
   EXPECT_EQ((*model)->config().rope_theta_full, 1e6);
@@ -150,6 +153,7 @@ TEST(Gemma3nLoader, Bf16Checkpoint) {
                                             t.bytes = std::move(bytes);
                                           }
                                         });
+  const ScopedDirectory cleanup(dir);
   auto model = Model::Load(dir);
   ASSERT_TRUE(model.ok()) << model.status();
   const std::vector<float> logits = Logits(**model);
@@ -242,6 +246,7 @@ TEST(Gemma3nLoader, BrokenCopiesFailWithClearErrors) {
   for (const BrokenCase& broken : BrokenCases()) {
     SCOPED_TRACE(broken.name);
     const std::string dir = WriteTinyCopy("gemma3n_broken_" + broken.name, broken.edit_config, broken.edit_tensors);
+    const ScopedDirectory cleanup(dir);
     auto model = Model::Load(dir);
     ASSERT_FALSE(model.ok());
     EXPECT_TRUE(absl::StrContains(model.status().message(), broken.expected))
@@ -251,6 +256,7 @@ TEST(Gemma3nLoader, BrokenCopiesFailWithClearErrors) {
 
 TEST(Gemma3nLoader, TruncatedAndMissingFiles) {
   const std::string dir = WriteTinyCopy("gemma3n_truncated", nullptr, nullptr);
+  const ScopedDirectory cleanup(dir);
   std::filesystem::resize_file(dir + "/model.safetensors", 4000000);
   auto truncated = Model::Load(dir);
   ASSERT_FALSE(truncated.ok());

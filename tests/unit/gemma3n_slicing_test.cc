@@ -21,6 +21,7 @@ namespace matformer::gemma3n {
 namespace {
 
 using ::matformer::testing::FreshDirectory;
+using ::matformer::testing::ScopedDirectory;
 using ::matformer::testing::Gemma3nTinyDir;
 using ::matformer::testing::ReadJson;
 using Json = nlohmann::json;
@@ -264,6 +265,7 @@ TEST(Gemma3nSlices, SkippedLayersEqualOfflineSlicedCheckpoint) {
   ASSERT_TRUE(AllFinite(engine));
 
   const std::string dir = FreshDirectory("gemma3n_sliced");
+  const ScopedDirectory cleanup(dir);
   ASSERT_TRUE(WriteSlicedCheckpoint(Gemma3nTinyDir(), *slice, dir).ok());
   const Json config = ReadJson(dir + "/config.json");
   EXPECT_EQ(config["num_hidden_layers"], 23);

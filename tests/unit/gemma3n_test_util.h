@@ -22,6 +22,21 @@ inline const std::string& Gemma3nTinyDir() {
   return dir;
 }
 
+// Removes a test's directory when the test ends (the copies are 8 MB each).
+class ScopedDirectory {
+ public:
+  explicit ScopedDirectory(std::string path) : path_(std::move(path)) {}
+  ~ScopedDirectory() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path_, ignored);
+  }
+  ScopedDirectory(const ScopedDirectory&) = delete;
+  ScopedDirectory& operator=(const ScopedDirectory&) = delete;
+
+ private:
+  std::string path_;
+};
+
 inline nlohmann::json ReadJson(const std::string& path) {
   std::ifstream in(path);
   return nlohmann::json::parse(in);
