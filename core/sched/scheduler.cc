@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <numeric>
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
@@ -16,6 +17,7 @@ constexpr absl::string_view kReplacementCharacter = "\xEF\xBF\xBD";
 // Prefill tokens a step takes of one prompt even when decode rows with tight
 // budgets would rather it took none.
 constexpr int64_t kMinPrefillChunk = 16;
+
 
 absl::Time Now() { return absl::Now(); }
 
@@ -40,6 +42,7 @@ struct Scheduler::Active {
   size_t text_emitted = 0;
   size_t tokens_emitted = 0;
   bool done = false;
+  int skipped_steps = 0;  // consecutive steps this decoding request was left out of
 
   bool scoring() const { return !request.continuation.empty(); }
   const SubmodelSpec& spec() const { return handle->plan().choice.spec; }
@@ -71,21 +74,38 @@ Scheduler::RunningRow Scheduler::Describe(const Active& active) const {
   return row;
 }
 
-absl::Duration Scheduler::DecodeStepAllowance(absl::Time now,
-                                              const std::vector<const SubmodelSpec*>& decode_rows) const {
-  absl::Duration allowance = absl::InfiniteDuration();
-  if (decode_rows.empty()) return allowance;
-  const double margin = planner_->correction().factors().conservative();
-  const absl::Duration decode_step = planner_->latency().StepTime(decode_rows, engine_->config()) * margin;
-  for (const auto& active : running_) {
-    if (active == nullptr || !active->request.budget.has_value() || active->fed < active->feed.size()) continue;
-    const int remaining = std::max(1, Describe(*active).remaining_steps);
-    const absl::Duration per_step = (active->arrival + *active->request.budget - now) / remaining;
-    // A request that is late even without prefill rows cannot be saved by starving the others.
-    if (per_step < decode_step) continue;
-    allowance = std::min(allowance, per_step);
+DecodeStep ComposeDecodeStep(const std::vector<DecodeCandidate>& candidates, const LatencyModel& latency,
+                             const ModelConfig& config, double margin) {
+  std::vector<size_t> order(candidates.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return candidates[a].time_per_step < candidates[b].time_per_step;
+  });
+  DecodeStep step;
+  std::vector<const SubmodelSpec*> rows;
+  for (size_t index : order) {
+    const DecodeCandidate& candidate = candidates[index];
+    // A row that is late even alone cannot be saved: it does not limit others.
+    const absl::Duration alone = latency.StepTime({candidate.spec}, config) * margin;
+    const absl::Duration allowance = candidate.time_per_step >= alone
+                                         ? std::min(step.allowance, candidate.time_per_step)
+                                         : step.allowance;
+    rows.push_back(candidate.spec);
+    const bool forced = step.rows.empty() || candidate.skipped_steps >= kMaxSkippedSteps;
+    if (!forced && latency.StepTime(rows, config) * margin > allowance) {
+      rows.pop_back();
+      continue;
+    }
+    step.rows.push_back(index);
+    step.allowance = allowance;
   }
-  return allowance;
+  return step;
+}
+
+absl::Duration Scheduler::TimePerRemainingStep(const Active& active, absl::Time now) const {
+  if (!active.request.budget.has_value()) return absl::InfiniteDuration();
+  const int remaining = std::max(1, Describe(active).remaining_steps);
+  return (active.arrival + *active.request.budget - now) / remaining;
 }
 
 int64_t Scheduler::FitChunk(int64_t chunk, const SubmodelSpec& spec, const std::vector<const SubmodelSpec*>& rows,
@@ -357,14 +377,29 @@ bool Scheduler::RunOneStep() {
   std::vector<Active*> owners;
   std::vector<const SubmodelSpec*> row_specs;
   int64_t step_tokens = 0;
-  for (auto& active : running_) {  // decode rows first: they are latency-critical
+  // Decode rows first, most urgent first (earliest deadline per remaining
+  // step); a row joins only if the step, with it, still fits the time per
+  // step that every urgent row already in it can afford. A row left out
+  // waits one step; after kMaxSkippedSteps in a row it joins regardless.
+  std::vector<Active*> decoding;
+  std::vector<DecodeCandidate> candidates;
+  for (auto& active : running_) {
     if (active->fed < active->feed.size()) continue;
+    decoding.push_back(active.get());
+    candidates.push_back({TimePerRemainingStep(*active, now), &active->spec(), active->skipped_steps});
+  }
+  const DecodeStep composed = ComposeDecodeStep(candidates, planner_->latency(), engine_->config(),
+                                                planner_->correction().factors().conservative());
+  for (Active* active : decoding) ++active->skipped_steps;
+  for (size_t index : composed.rows) {
+    Active* active = decoding[index];
+    active->skipped_steps = 0;
     inputs.push_back({active->sequence.get(), absl::MakeConstSpan(&active->next_token, 1)});
-    owners.push_back(active.get());
+    owners.push_back(active);
     row_specs.push_back(&active->spec());
     ++step_tokens;
   }
-  const absl::Duration step_allowance = DecodeStepAllowance(now, row_specs);
+  const absl::Duration step_allowance = composed.allowance;
   for (auto& active : running_) {
     if (active->fed >= active->feed.size() || step_tokens >= options_.max_step_tokens) continue;
     int64_t chunk = std::min<int64_t>({static_cast<int64_t>(active->feed.size() - active->fed),

@@ -68,6 +68,25 @@ struct SchedulerOptions {
   int max_step_tokens = 512;      // all rows of one step
 };
 
+// Earliest-deadline composition of a step's decode rows. Rows are taken most
+// urgent first (least time per remaining step); a row joins only if the step,
+// with it, still fits the time per step that every urgent row already in it
+// can afford (with the planner's margin). The first row always joins, and so
+// does a row left out kMaxSkippedSteps steps in a row.
+inline constexpr int kMaxSkippedSteps = 64;
+struct DecodeCandidate {
+  absl::Duration time_per_step;  // infinite without a budget
+  const SubmodelSpec* spec;
+  int skipped_steps = 0;
+};
+struct DecodeStep {
+  std::vector<size_t> rows;  // indices into the candidates, in the order they joined
+  // The longest step the joined rows can afford: prefill chunks must fit it too.
+  absl::Duration allowance = absl::InfiniteDuration();
+};
+DecodeStep ComposeDecodeStep(const std::vector<DecodeCandidate>& candidates, const LatencyModel& latency,
+                             const ModelConfig& config, double margin);
+
 // Handle to a submitted request; Cancel() is safe from any thread and takes
 // effect within one engine step (its KV blocks are freed then).
 class RequestHandle {
@@ -135,10 +154,11 @@ class Scheduler {
   void Compact();
   RunningRow Describe(const Active& active) const;
   LoadSnapshot Load() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
-  // SLO-aware chunked prefill: the longest step the decoding requests with
-  // budgets can afford (their time left over their steps left), and the
-  // largest prefill chunk that keeps a step within it.
-  absl::Duration DecodeStepAllowance(absl::Time now, const std::vector<const SubmodelSpec*>& decode_rows) const;
+  // Earliest-deadline step composition and SLO-aware chunked prefill: the
+  // time per step a request with a budget can afford (its time left over its
+  // steps left; infinite without a budget), and the largest prefill chunk that
+  // keeps a step within what the rows in it can afford.
+  absl::Duration TimePerRemainingStep(const Active& active, absl::Time now) const;
   int64_t FitChunk(int64_t chunk, const SubmodelSpec& spec, const std::vector<const SubmodelSpec*>& rows,
                    absl::Duration allowance) const;
 

@@ -149,6 +149,34 @@ TEST(LatencyModelTest, SavedModelLoadsBackAndBadFilesNameTheField) {
   EXPECT_EQ(LatencyModel::Load(config, directory + "/missing.json").status().code(), absl::StatusCode::kNotFound);
 }
 
+TEST(ComposeDecodeStepTest, LooseWideRowsWaitWhileATightRowDecodes) {
+  const ModelConfig config = TinyConfig(DType::kF32);
+  const LatencyModel latency = SyntheticLatency(config.num_layers);  // S: 1 ms + 0.1/row, XL: 4 ms + 0.4/row
+  const SubmodelSpec small = *SubmodelSpec::Uniform(config, "S");
+  const SubmodelSpec full = *SubmodelSpec::Uniform(config, "XL");
+  const absl::Duration loose = absl::InfiniteDuration();
+  // The tight row affords 3 ms per step: S rows alone fit (1.1-1.2 ms, x1.2), an XL row does not (4.5 ms).
+  const std::vector<DecodeCandidate> candidates = {{loose, &full, 0},
+                                                   {absl::Milliseconds(3), &small, 0},
+                                                   {loose, &small, 0},
+                                                   {loose, &full, kMaxSkippedSteps}};
+  const DecodeStep step = ComposeDecodeStep(candidates, latency, config, 1.2);
+  // The tight row first, the narrow loose row joins, the wide one waits, the
+  // one that has waited too long joins anyway.
+  EXPECT_EQ(step.rows, (std::vector<size_t>{1, 2, 3}));
+  EXPECT_EQ(step.allowance, absl::Milliseconds(3));
+
+  // Without a tight row everyone joins and nothing limits prefill.
+  const DecodeStep relaxed = ComposeDecodeStep({{loose, &full, 0}, {loose, &small, 0}}, latency, config, 1.2);
+  EXPECT_EQ(relaxed.rows, (std::vector<size_t>{0, 1}));
+  EXPECT_EQ(relaxed.allowance, absl::InfiniteDuration());
+  // A row that cannot make its budget even alone does not hold the others back.
+  const DecodeStep late =
+      ComposeDecodeStep({{absl::Microseconds(10), &small, 0}, {loose, &full, 0}}, latency, config, 1.2);
+  EXPECT_EQ(late.rows, (std::vector<size_t>{0, 1}));
+  EXPECT_TRUE(ComposeDecodeStep({}, latency, config, 1.2).rows.empty());
+}
+
 TEST(RequestCorrectionTest, ScattersWidenTheMarginAndOutliersAreClamped) {
   RequestCorrection correction;
   for (int i = 0; i < 200; ++i) {
