@@ -1,21 +1,40 @@
 #!/usr/bin/env bash
-# Installs every Debian bookworm package the project needs to build, test,
-# train and benchmark. Idempotent; run as root (or with sudo available).
+# Installs the Debian bookworm packages the project needs. Idempotent; run as
+# root (or with sudo available).
+#
+#   scripts/install-deps.sh              everything to build, test, train and benchmark
+#   scripts/install-deps.sh --build-only only what compiling the C++ tree needs
+#                                        (the Dockerfile's build stage)
+#   scripts/install-deps.sh --container  what deploy/container-smoke.sh needs
+#                                        (podman, debootstrap), not part of CI
 set -euo pipefail
 
-PACKAGES=(
+BUILD_PACKAGES=(
   # build
   build-essential cmake ninja-build pkg-config git
-  # the C++ stack
+  # the C++ stack (GoogleTest and Benchmark too: CMake configures tests/ and bench/)
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libdnnl-dev opencl-c-headers ocl-icd-opencl-dev libabsl-dev prometheus-cpp-dev libsentencepiece-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+)
+TEST_PACKAGES=(
   # Python: reference implementation, training, parity tests, example client
   python3 python3-torch python3-numpy python3-sentencepiece libopenblas0-pthread sentencepiece
   python3-grpcio python3-protobuf
   # training corpus and plots
   bible-kjv gnuplot-nox
+  # deploy/ tests: nginx (gRPC load balancer of the scale-out test), promtool
+  # (from prometheus) and PyYAML for the Compose / Kubernetes checks
+  nginx prometheus python3-yaml
 )
+CONTAINER_PACKAGES=(podman debootstrap iproute2)
+
+case "${1:-}" in
+  "") PACKAGES=("${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}") ;;
+  --build-only) PACKAGES=("${BUILD_PACKAGES[@]}") ;;
+  --container) PACKAGES=("${CONTAINER_PACKAGES[@]}") ;;
+  *) echo "install-deps: unknown option '$1' (expected none, --build-only or --container)" >&2; exit 2 ;;
+esac
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
