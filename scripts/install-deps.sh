@@ -26,6 +26,8 @@ TEST_PACKAGES=(
   # deploy/ tests: nginx (gRPC load balancer of the scale-out test), promtool
   # (from prometheus) and PyYAML for the Compose / Kubernetes checks
   nginx prometheus python3-yaml
+  # the Kubernetes schema check runs on Node.js (its validator comes from npm, below)
+  nodejs
 )
 CONTAINER_PACKAGES=(podman debootstrap iproute2)
 
@@ -43,10 +45,20 @@ missing=()
 for package in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
 done
+# Debian's nodejs has no npm; some Node.js builds bring their own.
+if [ -z "${1:-}" ] && ! command -v npm >/dev/null; then missing+=(npm); fi
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install-deps: all ${#PACKAGES[@]} packages present"
-  exit 0
+else
+  echo "install-deps: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-echo "install-deps: installing ${missing[*]}"
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+
+# The Kubernetes schema validator of tests/deploy/check_k8s.py (npm registry,
+# versions pinned by its package-lock.json).
+SCHEMA_DIR="$(dirname "$0")/../tests/deploy/k8s-schema"
+if [ -z "${1:-}" ] && [ ! -f "$SCHEMA_DIR/node_modules/kubernetes-models/package.json" ]; then
+  echo "install-deps: npm ci in tests/deploy/k8s-schema"
+  npm ci --prefix "$SCHEMA_DIR" --no-audit --no-fund --loglevel=error
+fi
