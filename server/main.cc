@@ -151,8 +151,8 @@ int Run(const sigset_t& signals) {
   const absl::Time calibration_start = absl::Now();
   absl::StatusOr<LatencyModel> latency = LatencyModel::Calibrate(**engine);
   if (!latency.ok()) return Fail(kRuntimeExit, latency.status());
-  Log(absl::StrFormat("latency model calibrated in %.2f s; %d candidate submodels", SecondsSince(calibration_start),
-                      candidates->size()));
+  Log(absl::StrFormat("latency model calibrated in %.2f s (step = %s); %d candidate submodels",
+                      SecondsSince(calibration_start), latency->Describe(config), candidates->size()));
 
   std::vector<int64_t> candidate_params;
   for (const Candidate& candidate : *candidates) candidate_params.push_back(candidate.spec.active_params());
@@ -166,8 +166,9 @@ int Run(const sigset_t& signals) {
   ServerMetrics metrics(*tiers, candidate_params);
   scheduler.set_step_observer([&metrics](int rows, absl::Duration duration) { metrics.RecordStep(rows, duration); });
   absl::StatusOr<int> metrics_port =
-      metrics.Serve(options.host, options.metrics_port, [&metrics, &scheduler, engine = engine->get()] {
-        metrics.SetGauges(scheduler.stats(), engine->ple_cache().stats());
+      metrics.Serve(options.host, options.metrics_port, [&metrics, &scheduler, &planner, engine = engine->get()] {
+        metrics.SetGauges(scheduler.stats(), engine->ple_cache().stats(), planner.latency().correction(),
+                          planner.correction().factors());
       });
   if (!metrics_port.ok()) return Fail(kRuntimeExit, metrics_port.status());
 

@@ -135,6 +135,15 @@ ServerMetrics::ServerMetrics(const std::vector<Tier>& tiers, const std::vector<i
                        .Help("Tokens whose per-layer embeddings are cached")
                        .Register(*registry_)
                        .Add({})) {
+  auto& correction = prometheus::BuildGauge()
+                         .Name("matformer_planner_correction")
+                         .Help("The planner's online corrections: step = observed / predicted engine step time; "
+                               "request_mean and request_deviation = EWMA of observed / predicted request time "
+                               "and its mean deviation (budgets are checked against mean + 2 deviations)")
+                         .Register(*registry_);
+  step_correction_ = &correction.Add({{"kind", "step"}});
+  request_correction_mean_ = &correction.Add({{"kind", "request_mean"}});
+  request_correction_deviation_ = &correction.Add({{"kind", "request_deviation"}});
   std::vector<double> param_edges(candidate_active_params.begin(), candidate_active_params.end());
   const prometheus::Histogram::BucketBoundaries param_buckets = Sorted(std::move(param_edges));
   auto add_tier = [&](absl::string_view label, std::optional<absl::Duration> budget) {
@@ -216,7 +225,11 @@ void ServerMetrics::RecordStep(int rows, absl::Duration duration) {
   step_duration_.Observe(absl::ToDoubleSeconds(duration));
 }
 
-void ServerMetrics::SetGauges(const SchedulerStats& scheduler, const PleCache::Stats& ple) {
+void ServerMetrics::SetGauges(const SchedulerStats& scheduler, const PleCache::Stats& ple, double step_correction,
+                              const RequestCorrection::Factors& request) {
+  step_correction_->Set(step_correction);
+  request_correction_mean_->Set(request.mean);
+  request_correction_deviation_->Set(request.deviation);
   kv_blocks_in_use_.Set(static_cast<double>(scheduler.kv_blocks_used));
   kv_blocks_total_.Set(static_cast<double>(scheduler.kv_blocks_total));
   requests_running_.Set(scheduler.running);

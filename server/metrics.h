@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "core/plan/planner.h"
 #include "core/ple/ple_cache.h"
 #include "core/sched/scheduler.h"
 #include "grpcpp/support/status.h"
@@ -47,7 +48,10 @@ class ServerMetrics {
   void RecordInterToken(absl::string_view tier, absl::Duration gap, int tokens);
   // One engine step (the scheduler's step observer).
   void RecordStep(int rows, absl::Duration duration);
-  void SetGauges(const SchedulerStats& scheduler, const PleCache::Stats& ple);
+  // `step_correction` and `request` are the planner's online corrections
+  // (LatencyModel::correction, RequestCorrection::factors).
+  void SetGauges(const SchedulerStats& scheduler, const PleCache::Stats& ple, double step_correction,
+                 const RequestCorrection::Factors& request);
 
  private:
   struct TierMetrics {
@@ -85,6 +89,9 @@ class ServerMetrics {
   prometheus::Gauge& ple_misses_;
   prometheus::Gauge& ple_bytes_;
   prometheus::Gauge& ple_entries_;
+  prometheus::Gauge* step_correction_;
+  prometheus::Gauge* request_correction_mean_;
+  prometheus::Gauge* request_correction_deviation_;
   std::map<std::string, TierMetrics, std::less<>> tiers_;  // by label; fixed after construction
   std::shared_ptr<ScrapeRefresher> refresher_;
   std::unique_ptr<prometheus::Exposer> exposer_;

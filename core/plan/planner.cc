@@ -78,6 +78,15 @@ LatencyModel::LatencyModel(std::vector<double> fixed_seconds, std::vector<double
 LatencyModel::LatencyModel(const LatencyModel& other)
     : fixed_(other.fixed_), per_row_(other.per_row_), num_layers_(other.num_layers_), correction_(other.correction()) {}
 
+std::string LatencyModel::Describe(const ModelConfig& config) const {
+  std::string text;
+  for (size_t g = 0; g < fixed_.size(); ++g) {
+    absl::StrAppendFormat(&text, "%s%s %.3f ms + %.4f ms/row", g == 0 ? "" : "; ", config.granularity_names[g],
+                          fixed_[g] * 1e3, per_row_[g] * 1e3);
+  }
+  return text;
+}
+
 double LatencyModel::correction() const {
   absl::MutexLock lock(&mutex_);
   return correction_;
@@ -166,6 +175,22 @@ void LatencyModel::Observe(const std::vector<const SubmodelSpec*>& row_specs, co
   correction_ = 0.9 * correction_ + 0.1 * ratio;
 }
 
+RequestCorrection::Factors RequestCorrection::factors() const {
+  absl::MutexLock lock(&mutex_);
+  return factors_;
+}
+
+void RequestCorrection::Observe(absl::Duration uncorrected, absl::Duration actual) {
+  const double predicted = absl::ToDoubleSeconds(uncorrected);
+  if (predicted <= 0.0) return;
+  // Clamped so that one stalled request (a descheduled process) cannot swing it.
+  const double ratio = std::clamp(absl::ToDoubleSeconds(actual) / predicted, 0.25, 10.0);
+  constexpr double kWeight = 0.1;
+  absl::MutexLock lock(&mutex_);
+  factors_.deviation = (1 - kWeight) * factors_.deviation + kWeight * std::abs(ratio - factors_.mean);
+  factors_.mean = (1 - kWeight) * factors_.mean + kWeight * ratio;
+}
+
 Planner::Planner(const ModelConfig& config, std::vector<Candidate> candidates, LatencyModel latency,
                  PlanPolicy policy, std::optional<SubmodelSpec> fixed_spec, OverBudget over_budget, int prefill_chunk)
     : config_(config),
@@ -195,17 +220,45 @@ absl::Duration Planner::PredictTotal(const SubmodelSpec& spec, const PlanRequest
   return load.queue_wait + prefill + decode;
 }
 
+bool Planner::KeepsCommitments(const SubmodelSpec& spec, const PlanRequest& request, const LoadSnapshot& load) const {
+  if (load.commitments.empty()) return true;
+  const double margin = correction_.factors().conservative();
+  std::vector<const SubmodelSpec*> rows = load.decode_rows;
+  const absl::Duration base_step = latency_.StepTime(rows, config_);
+  rows.push_back(&spec);
+  const absl::Duration added_per_decode_step = latency_.StepTime(rows, config_) - base_step;
+  // The newcomer's prefill chunks land in steps the others share.
+  PlanRequest prefill_only = request;
+  prefill_only.max_new_tokens = 1;
+  LoadSnapshot without_queue = load;
+  without_queue.queue_wait = absl::ZeroDuration();
+  const int64_t chunks = (request.prompt_tokens + prefill_chunk_ - 1) / prefill_chunk_;
+  const absl::Duration added_prefill = PredictTotal(spec, prefill_only, without_queue) - base_step * chunks;
+  for (const Commitment& c : load.commitments) {
+    const absl::Duration own = base_step * c.remaining_steps;
+    // Already late without the newcomer: refusing it would not save this one.
+    if (own * margin > c.time_left) continue;
+    const int shared_decode_steps = std::min(c.remaining_steps, std::max(0, request.max_new_tokens - 1));
+    const absl::Duration with_newcomer = own + added_prefill + added_per_decode_step * shared_decode_steps;
+    if (with_newcomer * margin > c.time_left) return false;
+  }
+  return true;
+}
+
 absl::StatusOr<Plan> Planner::Choose(const PlanRequest& request, const LoadSnapshot& load) const {
+  const RequestCorrection::Factors factors = correction_.factors();
   auto plan_for = [&](const Candidate& candidate) {
     Plan plan;
     plan.choice = candidate;
-    plan.predicted_queue = load.queue_wait;
+    plan.request_scale = factors.mean;
     const absl::Duration total = PredictTotal(candidate.spec, request, load);
     PlanRequest prefill_only = request;
     prefill_only.max_new_tokens = 1;
-    plan.predicted_prefill = PredictTotal(candidate.spec, prefill_only, load) - load.queue_wait;
-    plan.predicted_decode = total - load.queue_wait - plan.predicted_prefill;
-    plan.fits_budget = !request.budget.has_value() || total <= *request.budget;
+    const absl::Duration prefill = PredictTotal(candidate.spec, prefill_only, load) - load.queue_wait;
+    plan.predicted_queue = load.queue_wait * factors.mean;
+    plan.predicted_prefill = prefill * factors.mean;
+    plan.predicted_decode = (total - load.queue_wait - prefill) * factors.mean;
+    plan.fits_budget = !request.budget.has_value() || total * factors.conservative() <= *request.budget;
     return plan;
   };
   auto candidate_for = [&](const SubmodelSpec& spec) {
@@ -230,13 +283,21 @@ absl::StatusOr<Plan> Planner::Choose(const PlanRequest& request, const LoadSnaps
                                                    " excludes every submodel (best expected loss ",
                                                    candidates_.front().expected_loss, ")"));
   }
-  std::optional<Plan> fastest;
+  std::optional<Plan> fastest, fastest_fitting;
   for (const Candidate* candidate : allowed) {
     Plan plan = plan_for(*candidate);
-    if (plan.fits_budget) return plan;
+    if (plan.fits_budget) {
+      if (KeepsCommitments(candidate->spec, request, load)) return plan;
+      if (!fastest_fitting.has_value() || plan.predicted_total() < fastest_fitting->predicted_total()) {
+        fastest_fitting = plan;
+      }
+    }
     if (!fastest.has_value() || plan.predicted_total() < fastest->predicted_total()) fastest = plan;
   }
-  if (over_budget_ == OverBudget::kServeSmallest) return *fastest;
+  if (fastest_fitting.has_value()) return *fastest_fitting;
+  // The margin picks quality safely, but a request is refused only when even
+  // the fastest candidate is expected (without margin) to miss its budget.
+  if (over_budget_ == OverBudget::kServeSmallest || fastest->predicted_total() <= *request.budget) return *fastest;
   const Plan& best_fastest = *fastest;
   return absl::ResourceExhaustedError(absl::StrCat(
       "no submodel fits the latency budget of ", Millis(*request.budget), ": the fastest allowed (",

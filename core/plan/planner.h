@@ -47,6 +47,8 @@ class LatencyModel {
   // Feeds an observed step back (its prediction before correction is recomputed).
   void Observe(const std::vector<const SubmodelSpec*>& row_specs, const ModelConfig& config, absl::Duration actual);
   double correction() const;
+  // The fitted coefficients, for the start-up log.
+  std::string Describe(const ModelConfig& config) const;
 
  private:
   double RawSeconds(const std::vector<const SubmodelSpec*>& row_specs, const ModelConfig& config) const;
@@ -56,9 +58,17 @@ class LatencyModel {
   double correction_ ABSL_GUARDED_BY(mutex_) = 1.0;
 };
 
+// A request already admitted (running, or next in line for a batch slot)
+// with a latency budget: what a newcomer must not push past that budget.
+struct Commitment {
+  absl::Duration time_left;  // until its arrival + budget
+  int remaining_steps = 0;   // prefill chunks + decode steps still to run
+};
+
 // What the scheduler tells the planner about the current load.
 struct LoadSnapshot {
   std::vector<const SubmodelSpec*> decode_rows;  // one per running sequence
+  std::vector<Commitment> commitments;           // of those rows that have a budget
   int queued_requests = 0;                       // admitted, waiting for a batch slot
   int64_t queued_prefill_tokens = 0;
   absl::Duration queue_wait = absl::ZeroDuration();  // estimate for a new request
@@ -72,32 +82,69 @@ struct PlanRequest {
   std::optional<double> max_expected_loss;       // quality floor
 };
 
+// The planner's prediction for one request. The parts are the step model's
+// prediction times `request_scale`, the whole-request correction at planning
+// time (see RequestCorrection).
 struct Plan {
   Candidate choice;
   absl::Duration predicted_queue;
   absl::Duration predicted_prefill;
   absl::Duration predicted_decode;
   absl::Duration predicted_total() const { return predicted_queue + predicted_prefill + predicted_decode; }
-  bool fits_budget = true;
+  double request_scale = 1.0;
+  bool fits_budget = true;  // with the correction's conservative margin
+};
+
+// What the step model cannot see when a request is planned: prefill chunks of
+// requests that arrive later and join its steps, per-step work outside
+// Engine::Step (sampling, detokenizing, streaming), and error in the queue
+// wait. Learnt from finished requests as an EWMA of actual / predicted time and
+// of its mean deviation. Predictions are scaled by the mean; the budget check
+// uses mean + kDeviations deviations, so that most requests, not the average
+// one, finish in budget (the way TCP sizes its retransmission timeout).
+class RequestCorrection {
+ public:
+  static constexpr double kDeviations = 2.0;
+  struct Factors {
+    double mean = 1.0;       // scales the predictions
+    double deviation = 0.1;  // mean absolute deviation of actual / predicted
+    double conservative() const { return mean + kDeviations * deviation; }
+  };
+  Factors factors() const;
+  // `uncorrected` is the step model's prediction for the work the request
+  // really did (its generated tokens, not max_new_tokens).
+  void Observe(absl::Duration uncorrected, absl::Duration actual);
+
+ private:
+  mutable absl::Mutex mutex_;
+  Factors factors_ ABSL_GUARDED_BY(mutex_);
 };
 
 enum class PlanPolicy { kElastic, kFixed };
 enum class OverBudget { kReject, kServeSmallest };
 
 // Chooses, per request, the best-quality candidate whose predicted completion
-// fits the request's budget at the current load.
+// fits the request's budget at the current load and that does not push an
+// admitted request past its own budget (the rows a newcomer adds slow every
+// step it shares). When every candidate that fits would do that, the fastest
+// one that fits is served: a loose budget does not buy the right to break a
+// tight one.
 class Planner {
  public:
   Planner(const ModelConfig& config, std::vector<Candidate> candidates, LatencyModel latency, PlanPolicy policy,
           std::optional<SubmodelSpec> fixed_spec, OverBudget over_budget, int prefill_chunk);
 
-  // ResourceExhausted (policy reject) when nothing fits the budget, with the
-  // smallest candidate's prediction in the message; InvalidArgument when the
+  // ResourceExhausted (policy reject) when even the fastest candidate's
+  // expected time exceeds the budget, with its prediction in the message; InvalidArgument when the
   // quality floor excludes every candidate.
   absl::StatusOr<Plan> Choose(const PlanRequest& request, const LoadSnapshot& load) const;
   absl::Duration PredictTotal(const SubmodelSpec& spec, const PlanRequest& request, const LoadSnapshot& load) const;
+  // Whether serving `spec` keeps every commitment of `load` that can still be
+  // kept inside its budget (with the correction's conservative factor).
+  bool KeepsCommitments(const SubmodelSpec& spec, const PlanRequest& request, const LoadSnapshot& load) const;
 
   LatencyModel& latency() { return latency_; }
+  RequestCorrection& correction() { return correction_; }
   const std::vector<Candidate>& candidates() const { return candidates_; }
   PlanPolicy policy() const { return policy_; }
 
@@ -105,6 +152,7 @@ class Planner {
   const ModelConfig& config_;
   std::vector<Candidate> candidates_;  // best quality first
   LatencyModel latency_;
+  RequestCorrection correction_;
   PlanPolicy policy_;
   std::optional<SubmodelSpec> fixed_spec_;
   OverBudget over_budget_;

@@ -55,13 +55,33 @@ Scheduler::~Scheduler() {
   thread_.join();
 }
 
+Scheduler::RunningRow Scheduler::Describe(const Active& active) const {
+  RunningRow row{.spec = active.spec(), .target = std::nullopt, .remaining_steps = 0};
+  if (active.request.budget.has_value()) row.target = active.arrival + *active.request.budget;
+  const int64_t prefill_left = static_cast<int64_t>(active.feed.empty() ? active.request.prompt.size() +
+                                                                              active.request.continuation.size()
+                                                                        : active.feed.size() - active.fed);
+  const int64_t decode_left =
+      active.scoring() ? 0 : active.request.max_new_tokens - static_cast<int64_t>(active.result.tokens.size());
+  row.remaining_steps =
+      static_cast<int>((prefill_left + options_.prefill_chunk - 1) / options_.prefill_chunk + std::max<int64_t>(0, decode_left - 1));
+  return row;
+}
+
 LoadSnapshot Scheduler::Load() const {
   LoadSnapshot load;
-  for (const SubmodelSpec& spec : running_specs_) load.decode_rows.push_back(&spec);
+  const absl::Time now = Now();
+  auto add = [&](const SubmodelSpec& spec, const RunningRow& row) {
+    load.decode_rows.push_back(&spec);
+    if (row.target.has_value()) {
+      load.commitments.push_back({.time_left = *row.target - now, .remaining_steps = row.remaining_steps});
+    }
+  };
+  for (const RunningRow& row : running_rows_) add(row.spec, row);
   const int free_slots = options_.max_batch_sequences - running_count_;
   for (const auto& queued : queue_) {
     if (static_cast<int>(load.decode_rows.size()) >= options_.max_batch_sequences) break;
-    load.decode_rows.push_back(&queued->spec());
+    add(queued->spec(), Describe(*queued));
   }
   load.queued_requests = static_cast<int>(queue_.size());
   // A newcomer waits for batch slots: each wave of max_batch requests ahead
@@ -167,6 +187,14 @@ void Scheduler::Finish(std::unique_ptr<Active> active, absl::Status status) {
   result.timings.total = now - active->arrival;
   result.timings.predicted_total = result.plan.predicted_total();
   if (result.status.ok() && !active->scoring()) {
+    // The plan assumed max_new_tokens; compare with the work really done.
+    const Plan& plan = result.plan;
+    const int planned_steps = std::max(0, active->request.max_new_tokens - 1);
+    const int done_steps = std::max(0, static_cast<int>(result.tokens.size()) - 1);
+    const absl::Duration decode_done =
+        planned_steps == 0 ? absl::ZeroDuration() : plan.predicted_decode * done_steps / planned_steps;
+    planner_->correction().Observe((plan.predicted_queue + plan.predicted_prefill + decode_done) / plan.request_scale,
+                                   result.timings.total);
     // Service time of a whole request, for the queue-wait estimate of newcomers.
     absl::MutexLock lock(&mutex_);
     service_seconds_ = 0.8 * service_seconds_ + 0.2 * absl::ToDoubleSeconds(now - active->admitted);
@@ -253,7 +281,7 @@ void Scheduler::Admit() {
                           active->request.continuation.end());
       active->sampler = std::make_unique<Sampler>(active->request.sampling);
       active->stops = std::make_unique<StopMatcher>(active->request.stop_sequences);
-      running_specs_.push_back(active->spec());
+      running_rows_.push_back(Describe(*active));
       running_.push_back(std::move(active));
       ++running_count_;
     }
@@ -357,8 +385,8 @@ bool Scheduler::RunOneStep() {
 void Scheduler::Compact() {
   std::erase(running_, nullptr);
   absl::MutexLock lock(&mutex_);
-  running_specs_.clear();
-  for (const auto& active : running_) running_specs_.push_back(active->spec());
+  running_rows_.clear();
+  for (const auto& active : running_) running_rows_.push_back(Describe(*active));
   running_count_ = static_cast<int>(running_.size());
 }
 

@@ -117,6 +117,12 @@ class Scheduler {
 
  private:
   struct Active;
+  // What the planner needs of each admitted request, republished every step.
+  struct RunningRow {
+    SubmodelSpec spec;
+    std::optional<absl::Time> target;  // arrival + budget
+    int remaining_steps = 0;
+  };
   void Loop();
   bool RunOneStep();
   void Admit();
@@ -124,6 +130,7 @@ class Scheduler {
   void EmitText(Active& active, bool final);
   void Finish(std::unique_ptr<Active> active, absl::Status status);
   void Compact();
+  RunningRow Describe(const Active& active) const;
   LoadSnapshot Load() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 
   Engine* engine_;
@@ -135,7 +142,8 @@ class Scheduler {
   std::deque<std::unique_ptr<Active>> queue_ ABSL_GUARDED_BY(mutex_);
   std::vector<std::unique_ptr<Active>> running_;  // scheduler thread only
   int running_count_ ABSL_GUARDED_BY(mutex_) = 0;
-  std::vector<SubmodelSpec> running_specs_ ABSL_GUARDED_BY(mutex_);  // copies: outlive a finishing request
+  // Copies: they outlive a finishing request.
+  std::vector<RunningRow> running_rows_ ABSL_GUARDED_BY(mutex_);
   bool draining_ ABSL_GUARDED_BY(mutex_) = false;
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
   uint64_t next_order_ ABSL_GUARDED_BY(mutex_) = 0;
