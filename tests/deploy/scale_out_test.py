@@ -4,7 +4,7 @@
 1. starts replicas A and B (the shipped model, free ports) and nginx with an
    upstream of both, its configuration generated into a temporary directory
    (nginx runs with -p/-c/-e there and never reads /etc/nginx);
-2. sends closed-loop Generate load through nginx from several threads;
+2. runs the load generator (build/tools/matformer-loadgen, closed loop) through nginx;
 3. mid-run, drains A the way a rolling update does: A leaves the upstream
    (nginx reload; Kubernetes: readiness / endpoint removal, deploy/k8s's
    preStop), then SIGTERM. A long stream that was running on A must finish;
@@ -17,13 +17,10 @@ calls with gRPC UNAVAILABLE inside an HTTP 200 response, which nginx cannot
 retry on another upstream (grpc_next_upstream only sees connection errors
 and HTTP statuses). Removing it first is what makes the drain lossless.
 
-The load is this file's Load class; when tools/loadgen lands, Load.start/
-Load.stop can run `matformer-loadgen --target=... --json_out=...` instead and
-read the same sent/ok/errors counts.
 """
 
 import argparse
-import collections
+import json
 import os
 import re
 import shutil
@@ -40,11 +37,13 @@ DURATION_S = 14.0      # whole load run
 DRAIN_AT_S = 5.0       # when replica A is drained
 MIN_REQUESTS = 30      # a run with fewer proves nothing
 STARTUP_TIMEOUT_S = 60
-PROMPTS = ["And God said", "In the beginning", "And it came to pass", "Blessed are"]
-# (tier, max_new_tokens) cycled by each load thread: short interactive-like
-# calls and longer batch ones.
-MIX = [("standard", 16), ("batch", 48), ("standard", 8), ("batch", 96)]
-THREADS = 6
+# The load's tier mix (tools/loadgen/mix.h): short interactive calls, longer batch ones.
+MIX = [
+    {"name": "interactive", "share": 0.4, "max_new_tokens": 16, "prompt_tokens": [8, 32]},
+    {"name": "standard", "share": 0.4, "max_new_tokens": 32, "prompt_tokens": [16, 64]},
+    {"name": "batch", "share": 0.2, "max_new_tokens": 96, "prompt_tokens": [32, 128]},
+]
+CONCURRENCY = 6
 
 
 def fail(message):
@@ -93,19 +92,21 @@ class Replica:
             return f.read()
 
     def served(self):
-        """Request ids this replica logged with status=OK, split at its drain."""
+        """GenerateStream request ids this replica logged with status=OK, split at
+        its drain. (The load generator's start-up calls are other methods.)"""
         before, after, drained = [], [], False
         for line in self.text().splitlines():
             if ": draining" in line:
                 drained = True
-            match = re.search(r" request id=(\S+) .* status=(\S+)", line)
+            match = re.search(r" request id=(\S+) method=GenerateStream .* status=(\S+)", line)
             if match and match.group(2) == "OK":
                 (after if drained else before).append(match.group(1))
         return before, after
 
     def metrics_ok(self):
         text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % self.metrics_port, timeout=10).read().decode()
-        return sum(float(v) for v in re.findall(r'^matformer_requests_total\{[^}]*code="OK"[^}]*\} (\S+)$', text, re.M))
+        series = r'^matformer_requests_total\{(?=[^}]*method="GenerateStream")(?=[^}]*code="OK")[^}]*\} (\S+)$'
+        return sum(float(v) for v in re.findall(series, text, re.M))
 
     def stop(self):
         if self.process.poll() is None:
@@ -210,50 +211,41 @@ http {
 """
 
 
-class Load:
-    """Closed-loop Generate calls from THREADS threads until stop()."""
+class LoadGen:
+    """tools/loadgen (matformer-loadgen): closed-loop GenerateStream calls by tier for DURATION_S."""
 
-    def __init__(self, target, v1, v1_grpc, grpc):
-        self.target, self.v1, self.v1_grpc, self.grpc = target, v1, v1_grpc, grpc
-        self.stopping = threading.Event()
-        self.lock = threading.Lock()
-        self.sent = collections.Counter()
-        self.ok = collections.Counter()
-        self.errors = collections.Counter()
-        self.ok_ids = []
-        self.threads = [threading.Thread(target=self.run, args=(i,)) for i in range(THREADS)]
-
-    def run(self, index):
-        channel = self.grpc.insecure_channel(self.target)
-        stub = self.v1_grpc.MatFormerStub(channel)
-        i = index
-        while not self.stopping.is_set():
-            tier, max_new_tokens = MIX[i % len(MIX)]
-            request = self.v1.GenerateRequest(text=PROMPTS[i % len(PROMPTS)], tier=tier,
-                                              max_new_tokens=max_new_tokens)
-            i += 1
-            with self.lock:
-                self.sent[tier] += 1
-            try:
-                reply = stub.Generate(request, timeout=60)
-                with self.lock:
-                    self.ok[tier] += 1
-                    self.ok_ids.append(reply.request_id)
-            except self.grpc.RpcError as error:
-                with self.lock:
-                    self.errors["%s: %s" % (error.code().name, error.details())] += 1
-        channel.close()
+    def __init__(self, loadgen, target, source_dir, workdir):
+        self.json_out = os.path.join(workdir, "loadgen.json")
+        mix = os.path.join(workdir, "mix.json")
+        with open(mix, "w") as f:
+            json.dump({"tiers": MIX}, f)
+        self.log = open(os.path.join(workdir, "loadgen.log"), "w")
+        # No warm-up: the replicas' logs count every request, so the report must too.
+        self.command = [loadgen, "--target=" + target, "--mix=" + mix, "--mode=closed",
+                        "--concurrency=%d" % CONCURRENCY, "--duration_s=%g" % DURATION_S, "--warmup_s=0",
+                        "--drain_s=60", "--prompts=" + os.path.join(source_dir, "models", "default", "heldout.txt"),
+                        "--progress=false", "--json_out=" + self.json_out]
+        self.process = None
 
     def start(self):
-        for thread in self.threads:
-            thread.start()
+        self.process = subprocess.Popen(self.command, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def wait(self):
+        try:
+            code = self.process.wait(DURATION_S + 120)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            fail("matformer-loadgen did not exit")
+        self.log.close()
+        if code != 0 or not os.path.exists(self.json_out):
+            fail("matformer-loadgen exited %d:\n%s" % (code, open(self.log.name).read()[-3000:]))
+        with open(self.json_out) as f:
+            return json.load(f)
 
     def stop(self):
-        self.stopping.set()
-        for thread in self.threads:
-            thread.join(120)
-        return {"sent": sum(self.sent.values()), "ok": sum(self.ok.values()), "errors": dict(self.errors),
-                "by_tier": {tier: {"sent": self.sent[tier], "ok": self.ok[tier]} for tier in self.sent}}
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
 
 def long_stream_on(replica, v1, v1_grpc, grpc):
@@ -284,6 +276,10 @@ def long_stream_on(replica, v1, v1_grpc, grpc):
     return thread, result
 
 
+def served_counts(replicas):
+    return {r.name: [len(ids) for ids in r.served()] for r in replicas}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--build_dir", required=True)
@@ -294,10 +290,11 @@ def main():
     from matformer.v1 import matformer_pb2 as v1, matformer_pb2_grpc as v1_grpc
 
     server = os.path.join(args.build_dir, "server", "matformer-server")
+    loadgen = os.path.join(args.build_dir, "tools", "matformer-loadgen")
     model_dir = os.path.join(args.source_dir, "models", "default")
     tiers = os.path.join(args.source_dir, "deploy", "tiers.json")
     workdir = tempfile.mkdtemp(prefix="matformer-scale-out-")
-    replicas, nginx = [], Nginx(workdir)
+    replicas, nginx, load = [], Nginx(workdir), None
     try:
         replicas = [Replica(name, server, model_dir, tiers, workdir) for name in ("A", "B")]
         for replica in replicas:
@@ -306,7 +303,7 @@ def main():
         nginx.start([a.port, b.port])
         print("scale_out_test: replicas A :%d, B :%d behind nginx :%d (%s)" % (a.port, b.port, nginx.port, workdir))
 
-        load = Load("127.0.0.1:%d" % nginx.port, v1, v1_grpc, grpc)
+        load = LoadGen(loadgen, "127.0.0.1:%d" % nginx.port, args.source_dir, workdir)
         started = time.time()
         load.start()
         time.sleep(DRAIN_AT_S)
@@ -322,20 +319,26 @@ def main():
         except subprocess.TimeoutExpired:
             fail("replica A still running 90s after SIGTERM:\n" + a.text()[-3000:])
 
-        time.sleep(max(0.0, DURATION_S - (time.time() - started)))
-        result = load.stop()
-        print("scale_out_test: load through nginx: %s" % result)
+        run = load.wait()["runs"][0]
+        total = run["total"]
+        print("scale_out_test: loadgen through nginx: sent %d, ok %d, errors %s; by tier %s" % (
+            total["sent"], total["ok"], total["errors"],
+            {t["tier"]: (t["sent"], t["ok"]) for t in run["tiers"]}))
 
+        # The last replies may be logged a moment after the client has them.
+        end = time.time() + 5
+        while sum(sum(c) for c in served_counts(replicas).values()) < total["ok"] + 1 and time.time() < end:
+            time.sleep(0.1)
         a_before, a_after = a.served()
         b_before, b_after = b.served()
         b_metrics_ok = b.metrics_ok()
         print("scale_out_test: A served %d (+%d finished while draining), B served %d; B /metrics OK %d"
               % (len(a_before), len(a_after), len(b_before), b_metrics_ok))
 
-        if result["sent"] < MIN_REQUESTS:
-            fail("only %d requests in %.0fs" % (result["sent"], DURATION_S))
-        if result["errors"] or result["ok"] != result["sent"]:
-            fail("requests lost through nginx: %s" % result)
+        if total["sent"] < MIN_REQUESTS:
+            fail("only %d requests in %.0fs" % (total["sent"], DURATION_S))
+        if total["errors"] or total["ok"] != total["sent"]:
+            fail("requests lost through nginx: sent %d, ok %d, errors %s" % (total["sent"], total["ok"], total["errors"]))
         if stream.get("code") != "OK" or "summary" not in stream:
             fail("the stream running on A during its drain did not finish: %s" % stream)
         if stream["summary"].request_id not in a_after:
@@ -344,16 +347,18 @@ def main():
             fail("replica A exited %d after SIGTERM:\n%s" % (a_exit, a.text()[-3000:]))
         if not a_before or not b_before:
             fail("a replica served nothing through nginx: A %d, B %d" % (len(a_before), len(b_before)))
-        # Every OK the client saw is in exactly one replica's log, and nothing else is.
-        logged = collections.Counter(a_before + a_after + b_before + b_after)
-        expected = collections.Counter(load.ok_ids + [stream["summary"].request_id])
-        if logged != expected:
-            fail("replica logs and client disagree: only logged %s, only seen %s"
-                 % (dict(logged - expected), dict(expected - logged)))
+        # Every request the load generator saw succeed is in exactly one replica's
+        # log (plus the stream sent to A directly), and nothing else is.
+        logged = len(a_before) + len(a_after) + len(b_before) + len(b_after)
+        if logged != total["ok"] + 1:
+            fail("the replicas logged %d successful requests, the load generator saw %d (+1 direct stream)"
+                 % (logged, total["ok"]))
         if b_metrics_ok != len(b_before):
             fail("B's /metrics counts %d OK requests, its log %d" % (b_metrics_ok, len(b_before)))
         print("scale_out_test: PASS")
     finally:
+        if load:
+            load.stop()
         nginx.stop()
         for replica in replicas:
             replica.stop()
