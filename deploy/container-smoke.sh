@@ -14,8 +14,9 @@
 #   6. SIGTERM: the server must drain and exit 0.
 #
 # Usage (root): deploy/container-smoke.sh
-# Environment: MATFORMER_CONTAINER_WORK (scratch dir, default
-# /var/tmp/matformer-container), DEBIAN_MIRROR, STARTUP_TIMEOUT_S (default 300),
+# Environment: MATFORMER_CONTAINER_WORK (scratch dir, kept; default: a new
+# /var/tmp/matformer-container.XXXXXX, removed after a pass, kept after a
+# failure for its logs), DEBIAN_MIRROR, STARTUP_TIMEOUT_S (default 300),
 # BUILD_ARGS (extra `podman build` arguments, e.g. "--build-arg BUILD_JOBS=1").
 # Not part of CI: see deploy/README.md for how long it takes.
 set -euo pipefail
@@ -106,11 +107,27 @@ fi
 [ "$(id -u)" -eq 0 ] || die "run as root (debootstrap, chroot and namespaces need it)"
 cd "$(dirname "$0")/.."
 REPO=$PWD
-WORK=${MATFORMER_CONTAINER_WORK:-/var/tmp/matformer-container}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 BASE=debian:bookworm-slim
-IMAGE=localhost/matformer-server:smoke
-mkdir -p "$WORK"
+# Per run, so that two runs on one machine (two worktrees, CI) do not collide;
+# podman's layer cache is shared all the same.
+IMAGE=localhost/matformer-server:smoke-$$
+if [ -n "${MATFORMER_CONTAINER_WORK:-}" ]; then
+  WORK=$MATFORMER_CONTAINER_WORK
+  mkdir -p "$WORK"
+else
+  WORK=$(mktemp -d /var/tmp/matformer-container.XXXXXX)
+fi
+passed=0
+cleanup() {
+  podman rmi -f "$IMAGE" >/dev/null 2>&1 || true
+  if [ "$passed" = 1 ] && [ -z "${MATFORMER_CONTAINER_WORK:-}" ]; then
+    rm -rf "$WORK"   # the namespaces' mounts went with them: only files are left
+  else
+    log "scratch directory kept: $WORK"
+  fi
+}
+trap cleanup EXIT
 scripts/install-deps.sh --container
 start=$SECONDS
 
@@ -135,7 +152,7 @@ build_start=$SECONDS
 podman build --isolation=chroot --format=docker ${BUILD_ARGS:-} -t "$IMAGE" -f "$REPO/Dockerfile" "$REPO" \
   >"$WORK/build.log" 2>&1 || { tail -40 "$WORK/build.log" >&2; die "podman build failed (log: $WORK/build.log)"; }
 log "podman build: $((SECONDS - build_start))s (log: $WORK/build.log)"
-# The previous build's image is untagged now; don't let them pile up.
+# Earlier runs' images are removed at their exit; their dangling layers here.
 podman image prune -f >/dev/null
 log "image size: $(podman image inspect --format '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}')"
 
@@ -178,4 +195,5 @@ run_start=$SECONDS
 unshare --mount --net --pid --fork --propagation private \
   "$REPO/deploy/container-smoke.sh" --inside "$rootfs" "$config" "$WORK/server.log" "${STARTUP_TIMEOUT_S:-300}"
 log "serve + checks: $((SECONDS - run_start))s"
+passed=1
 log "PASS in $((SECONDS - start))s"
