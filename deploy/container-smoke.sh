@@ -109,9 +109,10 @@ cd "$(dirname "$0")/.."
 REPO=$PWD
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 BASE=debian:bookworm-slim
-# Per run, so that two runs on one machine (two worktrees, CI) do not collide;
-# podman's layer cache is shared all the same.
-IMAGE=localhost/matformer-server:smoke-$$
+# The tag keeps the last build (and so its layers, the build cache) alive;
+# this run uses its own image by ID, so that two runs on one machine (two
+# worktrees, CI) cannot swap images.
+TAG=localhost/matformer-server:smoke
 if [ -n "${MATFORMER_CONTAINER_WORK:-}" ]; then
   WORK=$MATFORMER_CONTAINER_WORK
   mkdir -p "$WORK"
@@ -120,7 +121,6 @@ else
 fi
 passed=0
 cleanup() {
-  podman rmi -f "$IMAGE" >/dev/null 2>&1 || true
   if [ "$passed" = 1 ] && [ -z "${MATFORMER_CONTAINER_WORK:-}" ]; then
     rm -rf "$WORK"   # the namespaces' mounts went with them: only files are left
   else
@@ -149,11 +149,14 @@ fi
 # 2. The real Dockerfile, unchanged. Docker format keeps the HEALTHCHECK (OCI has none).
 build_start=$SECONDS
 # shellcheck disable=SC2086
-podman build --isolation=chroot --format=docker ${BUILD_ARGS:-} -t "$IMAGE" -f "$REPO/Dockerfile" "$REPO" \
+podman build --isolation=chroot --format=docker ${BUILD_ARGS:-} -t "$TAG" --iidfile "$WORK/image-id" \
+  -f "$REPO/Dockerfile" "$REPO" \
   >"$WORK/build.log" 2>&1 || { tail -40 "$WORK/build.log" >&2; die "podman build failed (log: $WORK/build.log)"; }
-log "podman build: $((SECONDS - build_start))s (log: $WORK/build.log)"
-# Earlier runs' images are removed at their exit; their dangling layers here.
-podman image prune -f >/dev/null
+IMAGE=$(cat "$WORK/image-id")
+log "podman build: $((SECONDS - build_start))s, $(grep -c "Using cache" "$WORK/build.log") steps cached (log: $WORK/build.log)"
+# Images of earlier builds lose the tag; those older than a day (earlier
+# sources; layers still used by the tagged image stay) go, so the disk does not fill.
+podman image prune -f --filter until=24h >/dev/null
 log "image size: $(podman image inspect --format '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}')"
 
 # 3. The image's root file system.

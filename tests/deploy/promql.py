@@ -18,7 +18,8 @@ def fail(message):
 
 
 def require_tool(name, package):
-    path = shutil.which(name)
+    # /usr/sbin too: nginx lives there and is not on every user's PATH.
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
     if not path:
         fail("%s not found: install Debian's %s (scripts/install-deps.sh does)" % (name, package))
     return path
