@@ -39,7 +39,8 @@ RUN apt-get update -qq \
       libgrpc++1.51 libprotobuf32 libabsl20220623 libdnnl2 libgomp1 \
       libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libsentencepiece0 \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
+ && groupadd --system --gid 10001 matformer \
+ && useradd --system --uid 10001 --gid matformer --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin matformer
 
 COPY --from=build /opt/matformer/bin /opt/matformer/bin
