@@ -136,6 +136,17 @@ def main():
         finally:
             stop_server(proc)
 
+    # Overload: elastic at 2x and 5x its highest sustainable rate (or the
+    # sweep's lowest rate when none was sustainable): share of all requests
+    # answered inside their budget, and how the rest were shed.
+    sustainable = reports["elastic"].get("max_rate_meeting_target") or float(args.rates.split(",")[0])
+    proc, port, _ = start_server(args.build_dir, "elastic", args.server_flag)
+    try:
+        overload = loadgen(args.build_dir, port, [f"--sweep_rates={2 * sustainable:g},{5 * sustainable:g}"],
+                           os.path.join(args.out, "overload.json"))
+    finally:
+        stop_server(proc)
+
     # Server overhead at low load: one request at a time.
     proc, port, metrics_port = start_server(args.build_dir, "elastic", args.server_flag)
     try:
@@ -204,6 +215,15 @@ def main():
                  f"**{'holds' if val['elastic'] >= val['fixed:S'] else 'does not hold'}**, elastic > fixed:XL "
                  f"**{'holds' if val['elastic'] > val['fixed:XL'] else 'does not hold'}** "
                  "(only rates in the sweep are tried).")
+    lines += ["", f"## Overload (elastic, sustainable rate {sustainable:g} req/s)", "",
+              "| rate | answered inside budget | shed at once (RESOURCE_EXHAUSTED) | other errors | p99 of answered ms |",
+              "|---|---|---|---|---|"]
+    for run in overload["runs"]:
+        t = run["total"]
+        shed = t["errors"].get("RESOURCE_EXHAUSTED", 0)
+        other = sum(v for k, v in t["errors"].items() if k != "RESOURCE_EXHAUSTED")
+        lines.append(f"| {run['rate']:g} ({run['rate'] / sustainable:g}x) | {100 * t['attainment']:.1f}% of "
+                     f"{t['sent']} | {shed} | {other} | {1e3 * t['latency_s']['p99']:.0f} |")
     lines += ["", "## Server overhead at low load", "",
               f"One request at a time for {args.overhead_s:.0f} s ({total['sent']} requests): client-side latency "
               f"{client_s:.2f} s in all, engine steps {step_s:.2f} s, so gRPC + scheduling + sampling + detokenizing "

@@ -14,6 +14,19 @@
 
 namespace matformer {
 
+namespace {
+
+// Query tokens of one sequence that share a pass over its key blocks.
+constexpr int64_t kAttentionTokenTile = 32;
+
+struct AttentionTask {
+  size_t input;        // index into the step's inputs
+  int kv_head;
+  int64_t begin, end;  // the sequence's new tokens [begin, end)
+};
+
+}  // namespace
+
 // Activation buffers of one step, grown to the largest step seen and reused.
 struct Engine::Scratch {
   std::vector<float> hidden;     // [T, d] the residual stream, in input row order
@@ -26,6 +39,7 @@ struct Engine::Scratch {
   std::vector<float> ple_gate;   // [R, d_ple]
   std::vector<int64_t> gather;   // gathered row -> input row
   std::vector<int64_t> row_width;
+  std::vector<AttentionTask> attention_tasks;
 
   static float* Sized(std::vector<float>& buffer, int64_t size) {
     if (static_cast<int64_t>(buffer.size()) < size) buffer.resize(size);
@@ -179,48 +193,88 @@ void Engine::RunLayer(int layer, absl::Span<const StepInput> inputs, const std::
       ApplyRope(q + r * q_dim, c.num_heads, hd, position, rope_inv_freq_.data());
       ApplyRope(k + r * kv_dim, c.num_kv_heads, hd, position, rope_inv_freq_.data());
       for (int g = 0; g < c.num_kv_heads; ++g) {
-        std::copy_n(k + r * kv_dim + g * hd, hd, pool.Key(kv.BlockOf(position), layer, g, kv.SlotOf(position)));
-        std::copy_n(v + r * kv_dim + g * hd, hd, pool.Value(kv.BlockOf(position), layer, g, kv.SlotOf(position)));
+        pool.Write(kv.BlockOf(position), layer, g, kv.SlotOf(position), k + r * kv_dim + g * hd,
+                   v + r * kv_dim + g * hd);
       }
     }
   }
   float* attention = Scratch::Sized(s.attention, rows * q_dim);
+  // One task per (sequence, KV head, tile of query tokens): every query head
+  // of the group, for every token of the tile, is scored against a key block
+  // while it is in L1, so the cache is read once per tile, not once per head.
+  s.attention_tasks.clear();
+  for (size_t i : order) {
+    const int64_t tokens = static_cast<int64_t>(inputs[i].tokens.size());
+    for (int g = 0; g < c.num_kv_heads; ++g) {
+      for (int64_t t0 = 0; t0 < tokens; t0 += kAttentionTokenTile) {
+        s.attention_tasks.push_back({i, g, t0, std::min(tokens, t0 + kAttentionTokenTile)});
+      }
+    }
+  }
   const int heads_per_kv = c.num_heads / c.num_kv_heads;
   const float score_scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  const int64_t tasks = static_cast<int64_t>(order.size()) * c.num_heads;
+  const int block_tokens = pool.block_tokens();
 #pragma omp parallel for schedule(dynamic)
-  for (int64_t task = 0; task < tasks; ++task) {
-    const size_t i = order[task / c.num_heads];
-    const int head = static_cast<int>(task % c.num_heads), kv_head = head / heads_per_kv;
-    const KvSequence& kv = inputs[i].sequence->kv;
-    const int block_tokens = pool.block_tokens();
-    std::vector<float> scores(kv.length() + inputs[i].tokens.size());
-    for (size_t t = 0; t < inputs[i].tokens.size(); ++t) {
-      const int64_t r = gathered_begin[i] + static_cast<int64_t>(t);
-      const int64_t visible = kv.length() + static_cast<int64_t>(t) + 1;  // causal: keys 0..position
-      const float* query = q + r * q_dim + head * hd;
-      float max_score = -INFINITY;
-      for (int64_t p = 0; p < visible; ++p) {
-        const float* key = pool.Key(kv.blocks()[p / block_tokens], layer, kv_head, static_cast<int>(p % block_tokens));
-        float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-        for (int j = 0; j < hd; ++j) dot += query[j] * key[j];
-        scores[p] = dot * score_scale;
-        max_score = std::max(max_score, scores[p]);
-      }
-      float sum = 0.0f;
-      for (int64_t p = 0; p < visible; ++p) {
-        scores[p] = std::exp(scores[p] - max_score);
-        sum += scores[p];
-      }
-      float* out = attention + r * q_dim + head * hd;
-      std::fill_n(out, hd, 0.0f);
-      for (int64_t p = 0; p < visible; ++p) {
-        const float* value =
-            pool.Value(kv.blocks()[p / block_tokens], layer, kv_head, static_cast<int>(p % block_tokens));
-        const float weight = scores[p] / sum;
+  for (size_t task_index = 0; task_index < s.attention_tasks.size(); ++task_index) {
+    const AttentionTask& task = s.attention_tasks[task_index];
+    const KvSequence& kv = inputs[task.input].sequence->kv;
+    const int64_t queries = (task.end - task.begin) * heads_per_kv;
+    // Online softmax (running max and sum per query), as in FlashAttention.
+    thread_local std::vector<float> running_max, running_sum, accumulated, scores;
+    running_max.assign(queries, -INFINITY);
+    running_sum.assign(queries, 0.0f);
+    accumulated.assign(queries * hd, 0.0f);
+    scores.resize(block_tokens);
+    const int64_t keys_end = kv.length() + task.end;  // the last token sees keys [0, keys_end)
+    for (int64_t block_start = 0; block_start < keys_end; block_start += block_tokens) {
+      const int32_t block = kv.blocks()[block_start / block_tokens];
+      const float* key_tile = pool.KeyTile(block, layer, task.kv_head);
+      const float* value_tile = pool.ValueTile(block, layer, task.kv_head);
+      for (int64_t t = task.begin; t < task.end; ++t) {
+        // Causal: token t sees keys up to its own position.
+        const int64_t visible = std::min<int64_t>(block_tokens, kv.length() + t + 1 - block_start);
+        if (visible <= 0) continue;
+        const int64_t r = gathered_begin[task.input] + t;
+        for (int h = 0; h < heads_per_kv; ++h) {
+          const int64_t query_index = (t - task.begin) * heads_per_kv + h;
+          const float* query = q + r * q_dim + (task.kv_head * heads_per_kv + h) * hd;
+          std::fill_n(scores.data(), block_tokens, 0.0f);
+          for (int j = 0; j < hd; ++j) {
+            const float qj = query[j] * score_scale;
+            const float* keys_j = key_tile + static_cast<int64_t>(j) * block_tokens;
 #pragma omp simd
-        for (int j = 0; j < hd; ++j) out[j] += weight * value[j];
+            for (int slot = 0; slot < block_tokens; ++slot) scores[slot] += qj * keys_j[slot];
+          }
+          float block_max = -INFINITY;
+          for (int64_t slot = 0; slot < visible; ++slot) block_max = std::max(block_max, scores[slot]);
+          const float new_max = std::max(running_max[query_index], block_max);
+          const float rescale = std::exp(running_max[query_index] - new_max);  // 0 on the first block
+          for (int64_t slot = 0; slot < visible; ++slot) scores[slot] -= new_max;
+          ExpInPlace(scores.data(), visible);
+          float block_sum = 0.0f;
+          for (int64_t slot = 0; slot < visible; ++slot) block_sum += scores[slot];
+          running_sum[query_index] = running_sum[query_index] * rescale + block_sum;
+          running_max[query_index] = new_max;
+          float* acc = accumulated.data() + query_index * hd;
+#pragma omp simd
+          for (int j = 0; j < hd; ++j) acc[j] *= rescale;
+          for (int64_t slot = 0; slot < visible; ++slot) {
+            const float weight = scores[slot];
+            const float* value = value_tile + slot * hd;
+#pragma omp simd
+            for (int j = 0; j < hd; ++j) acc[j] += weight * value[j];
+          }
+        }
+      }
+    }
+    for (int64_t t = task.begin; t < task.end; ++t) {
+      const int64_t r = gathered_begin[task.input] + t;
+      for (int h = 0; h < heads_per_kv; ++h) {
+        const int64_t query_index = (t - task.begin) * heads_per_kv + h;
+        const float inverse = 1.0f / running_sum[query_index];
+        const float* acc = accumulated.data() + query_index * hd;
+        float* out = attention + r * q_dim + (task.kv_head * heads_per_kv + h) * hd;
+        for (int j = 0; j < hd; ++j) out[j] = acc[j] * inverse;
       }
     }
   }

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -58,6 +59,12 @@ ABSL_FLAG(std::string, policy, "elastic",
           "request not pinning a submodel runs <spec> (e.g. fixed:XL, fixed:S-S-M-M-L-XL)");
 ABSL_FLAG(std::string, over_budget, "reject",
           "When no submodel fits a budget: reject (RESOURCE_EXHAUSTED) or serve_smallest (run the fastest)");
+ABSL_FLAG(std::string, latency_model, "",
+          "Latency model JSON to use instead of calibrating at start-up (see --write_latency_model); empty: calibrate");
+ABSL_FLAG(std::string, write_latency_model, "", "Write the latency model used (calibrated or loaded) to this file");
+ABSL_FLAG(bool, online_correction, true,
+          "Refine the latency model from observed steps and requests; false plans from the model alone "
+          "(reproducible choices, for tests and comparisons)");
 ABSL_FLAG(int, max_batch, 32, "Sequences per engine step, 1..1024");
 ABSL_FLAG(int, max_queue, 256, "Requests waiting for a batch slot, 1..100000; beyond it RESOURCE_EXHAUSTED");
 ABSL_FLAG(int64_t, kv_blocks, 1024,
@@ -149,16 +156,31 @@ int Run(const sigset_t& signals) {
   absl::StatusOr<std::vector<Candidate>> candidates = LoadCandidates(config, options.model_dir);
   if (!candidates.ok()) return Fail(kRuntimeExit, candidates.status());
   const absl::Time calibration_start = absl::Now();
-  absl::StatusOr<LatencyModel> latency = LatencyModel::Calibrate(**engine);
-  if (!latency.ok()) return Fail(kRuntimeExit, latency.status());
-  Log(absl::StrFormat("latency model calibrated in %.2f s (step = %s); %d candidate submodels",
+  const std::string latency_path = absl::GetFlag(FLAGS_latency_model);
+  absl::StatusOr<LatencyModel> latency =
+      latency_path.empty() ? LatencyModel::Calibrate(**engine) : LatencyModel::Load(config, latency_path);
+  if (!latency.ok()) {
+    return Fail(latency_path.empty() ? kRuntimeExit : kUsageExit,
+                latency_path.empty() ? latency.status()
+                                     : absl::InvalidArgumentError(absl::StrCat("--latency_model=",
+                                                                               latency.status().message())));
+  }
+  Log(absl::StrFormat("latency model %s in %.2f s (step = %s); %d candidate submodels",
+                      latency_path.empty() ? "calibrated" : "loaded from " + latency_path,
                       SecondsSince(calibration_start), latency->Describe(config), candidates->size()));
+  if (const std::string out = absl::GetFlag(FLAGS_write_latency_model); !out.empty()) {
+    if (absl::Status saved = latency->Save(config, out); !saved.ok()) {
+      return Fail(kUsageExit, absl::InvalidArgumentError(absl::StrCat("--write_latency_model=", saved.message())));
+    }
+  }
+  latency->set_learning(absl::GetFlag(FLAGS_online_correction));
 
   std::vector<int64_t> candidate_params;
   for (const Candidate& candidate : *candidates) candidate_params.push_back(candidate.spec.active_params());
   const SchedulerOptions scheduler_options{.max_batch_sequences = options.max_batch, .max_queue = options.max_queue};
   Planner planner(config, *std::move(candidates), *std::move(latency), policy->policy, policy->fixed_spec,
                   ParseOverBudget(options.over_budget), scheduler_options.prefill_chunk);
+  planner.correction().set_learning(absl::GetFlag(FLAGS_online_correction));
   Scheduler scheduler(engine->get(), &planner, scheduler_options);
   // Declared after the scheduler, so destroyed before it: the metrics endpoint
   // reads the scheduler. (The scheduler records into the metrics only while
@@ -202,6 +224,13 @@ int Run(const sigset_t& signals) {
   sigwait(&signals, &signal_number);
   Log(absl::StrCat("signal ", signal_number, ": draining (up to ", absl::FormatDuration(options.drain_timeout), ")"));
   health->SetServingStatus(false);
+  // A second signal means "now": exit without waiting for the drain.
+  std::thread([signals] {
+    int second = 0;
+    sigwait(&signals, &second);
+    Log(absl::StrCat("signal ", second, " again: exiting without draining"));
+    std::_Exit(128 + second);
+  }).detach();
   scheduler.Drain(options.drain_timeout);
   server->Shutdown(absl::ToChronoTime(absl::Now() + kShutdownGrace));
   Log("drained; exiting");

@@ -12,6 +12,10 @@ namespace matformer {
 // y = x / sqrt(mean(x^2) + eps) * w over n elements (y may alias x).
 void RmsNorm(const float* x, const float* w, int64_t n, float eps, float* y);
 
+// In-place exp over n elements (relative error about 1e-7; inputs clamped to
+// [-87, 88]), vectorized.
+void ExpInPlace(float* x, int64_t n);
+
 // In-place activation over n elements.
 void Activate(Activation activation, float* x, int64_t n);
 

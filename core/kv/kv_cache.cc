@@ -1,5 +1,7 @@
 #include "core/kv/kv_cache.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 
 namespace matformer {
@@ -41,17 +43,23 @@ void KvPool::Free(const std::vector<int32_t>& blocks) {
   free_list_.insert(free_list_.end(), blocks.rbegin(), blocks.rend());
 }
 
-int64_t KvPool::Offset(int32_t block, int layer, int kv_head, int slot) const {
+int64_t KvPool::TileOffset(int32_t block, int layer, int kv_head) const {
   return block * 2 * block_floats_ +
-         ((static_cast<int64_t>(layer) * num_kv_heads_ + kv_head) * block_tokens_ + slot) * head_dim_;
+         (static_cast<int64_t>(layer) * num_kv_heads_ + kv_head) * block_tokens_ * head_dim_;
 }
 
-float* KvPool::Key(int32_t block, int layer, int kv_head, int slot) {
-  return storage_.data() + Offset(block, layer, kv_head, slot);
+void KvPool::Write(int32_t block, int layer, int kv_head, int slot, const float* key, const float* value) {
+  float* keys = storage_.data() + TileOffset(block, layer, kv_head);
+  for (int j = 0; j < head_dim_; ++j) keys[j * block_tokens_ + slot] = key[j];
+  std::copy_n(value, head_dim_, keys + block_floats_ + static_cast<int64_t>(slot) * head_dim_);
 }
 
-float* KvPool::Value(int32_t block, int layer, int kv_head, int slot) {
-  return storage_.data() + Offset(block, layer, kv_head, slot) + block_floats_;
+const float* KvPool::KeyTile(int32_t block, int layer, int kv_head) const {
+  return storage_.data() + TileOffset(block, layer, kv_head);
+}
+
+const float* KvPool::ValueTile(int32_t block, int layer, int kv_head) const {
+  return storage_.data() + TileOffset(block, layer, kv_head) + block_floats_;
 }
 
 KvSequence::~KvSequence() {

@@ -11,8 +11,11 @@ namespace matformer {
 
 // A fixed pool of KV blocks shared by every sequence of the process (paged
 // attention). A block holds `block_tokens` positions of keys and values for
-// every layer and KV head, laid out [layer][kv_head][slot][head_dim] so that
-// one head's keys within a block are contiguous for the attention loop.
+// every layer and KV head. Per (layer, kv_head) a block is one key tile and
+// one value tile: keys transposed, [head_dim][block_tokens], so the attention
+// loop scores a query against all slots of a block with vector FMAs across
+// slots; values row-major, [block_tokens][head_dim], so it accumulates them
+// with vector FMAs across the head dimension.
 class KvPool {
  public:
   KvPool(int num_layers, int num_kv_heads, int head_dim, int block_tokens, int64_t num_blocks);
@@ -28,18 +31,19 @@ class KvPool {
   absl::Status Allocate(int64_t count, std::vector<int32_t>* out);
   void Free(const std::vector<int32_t>& blocks);
 
-  // Pointer to the keys (values) of `slot` in `block` for `layer` and `kv_head`;
-  // the following slots of the block follow at a stride of head_dim.
-  float* Key(int32_t block, int layer, int kv_head, int slot);
-  float* Value(int32_t block, int layer, int kv_head, int slot);
+  // Stores one position's key and value (head_dim each) in `slot` of `block`.
+  void Write(int32_t block, int layer, int kv_head, int slot, const float* key, const float* value);
+  // The key tile [head_dim][block_tokens] and value tile [block_tokens][head_dim].
+  const float* KeyTile(int32_t block, int layer, int kv_head) const;
+  const float* ValueTile(int32_t block, int layer, int kv_head) const;
 
  private:
-  int64_t Offset(int32_t block, int layer, int kv_head, int slot) const;
+  int64_t TileOffset(int32_t block, int layer, int kv_head) const;
 
   const int num_layers_, num_kv_heads_, head_dim_, block_tokens_;
   const int64_t num_blocks_;
   const int64_t block_floats_;  // keys of one block (values are as many again)
-  std::vector<float> storage_;  // [block][K|V][layer][kv_head][slot][head_dim]
+  std::vector<float> storage_;  // [block][K|V][layer][kv_head][tile]
   // std::mutex rather than absl::Mutex: ThreadSanitizer cannot see into
   // Debian's prebuilt (uninstrumented) Abseil, and these structures are the
   // ones the TSan build checks. Everything below is guarded by it.

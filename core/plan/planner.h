@@ -49,11 +49,19 @@ class LatencyModel {
   double correction() const;
   // The fitted coefficients, for the start-up log.
   std::string Describe(const ModelConfig& config) const;
+  // A saved model, to skip calibration at start-up or to plan reproducibly:
+  // {"granularities": {"<name>": {"fixed_ms": F, "per_row_ms": R}, ...}}
+  // with every granularity of the model.
+  static absl::StatusOr<LatencyModel> Load(const ModelConfig& config, const std::string& path);
+  absl::Status Save(const ModelConfig& config, const std::string& path) const;
+  // Whether Observe() corrects predictions (on by default).
+  void set_learning(bool learning) { learning_ = learning; }
 
  private:
   double RawSeconds(const std::vector<const SubmodelSpec*>& row_specs, const ModelConfig& config) const;
   std::vector<double> fixed_, per_row_;  // per granularity index
   int num_layers_;
+  bool learning_ = true;
   mutable absl::Mutex mutex_;
   double correction_ ABSL_GUARDED_BY(mutex_) = 1.0;
 };
@@ -114,8 +122,11 @@ class RequestCorrection {
   // `uncorrected` is the step model's prediction for the work the request
   // really did (its generated tokens, not max_new_tokens).
   void Observe(absl::Duration uncorrected, absl::Duration actual);
+  // Whether Observe() learns (on by default).
+  void set_learning(bool learning) { learning_ = learning; }
 
  private:
+  bool learning_ = true;
   mutable absl::Mutex mutex_;
   Factors factors_ ABSL_GUARDED_BY(mutex_);
 };

@@ -13,6 +13,9 @@ namespace matformer {
 namespace {
 
 constexpr absl::string_view kReplacementCharacter = "\xEF\xBF\xBD";
+// Prefill tokens a step takes of one prompt even when decode rows with tight
+// budgets would rather it took none.
+constexpr int64_t kMinPrefillChunk = 16;
 
 absl::Time Now() { return absl::Now(); }
 
@@ -66,6 +69,46 @@ Scheduler::RunningRow Scheduler::Describe(const Active& active) const {
   row.remaining_steps =
       static_cast<int>((prefill_left + options_.prefill_chunk - 1) / options_.prefill_chunk + std::max<int64_t>(0, decode_left - 1));
   return row;
+}
+
+absl::Duration Scheduler::DecodeStepAllowance(absl::Time now,
+                                              const std::vector<const SubmodelSpec*>& decode_rows) const {
+  absl::Duration allowance = absl::InfiniteDuration();
+  if (decode_rows.empty()) return allowance;
+  const double margin = planner_->correction().factors().conservative();
+  const absl::Duration decode_step = planner_->latency().StepTime(decode_rows, engine_->config()) * margin;
+  for (const auto& active : running_) {
+    if (active == nullptr || !active->request.budget.has_value() || active->fed < active->feed.size()) continue;
+    const int remaining = std::max(1, Describe(*active).remaining_steps);
+    const absl::Duration per_step = (active->arrival + *active->request.budget - now) / remaining;
+    // A request that is late even without prefill rows cannot be saved by starving the others.
+    if (per_step < decode_step) continue;
+    allowance = std::min(allowance, per_step);
+  }
+  return allowance;
+}
+
+int64_t Scheduler::FitChunk(int64_t chunk, const SubmodelSpec& spec, const std::vector<const SubmodelSpec*>& rows,
+                            absl::Duration allowance) const {
+  if (allowance == absl::InfiniteDuration()) return chunk;
+  const double margin = planner_->correction().factors().conservative();
+  auto fits = [&](int64_t tokens) {
+    std::vector<const SubmodelSpec*> step = rows;
+    step.insert(step.end(), tokens, &spec);
+    return planner_->latency().StepTime(step, engine_->config()) * margin <= allowance;
+  };
+  if (fits(chunk)) return chunk;
+  // The largest chunk that fits, but never below the floor: prompts still progress.
+  int64_t lo = std::min<int64_t>(chunk, kMinPrefillChunk), hi = chunk;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) / 2;
+    if (fits(mid)) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  return lo;
 }
 
 LoadSnapshot Scheduler::Load() const {
@@ -320,10 +363,12 @@ bool Scheduler::RunOneStep() {
     row_specs.push_back(&active->spec());
     ++step_tokens;
   }
+  const absl::Duration step_allowance = DecodeStepAllowance(now, row_specs);
   for (auto& active : running_) {
     if (active->fed >= active->feed.size() || step_tokens >= options_.max_step_tokens) continue;
-    const int64_t chunk = std::min<int64_t>({static_cast<int64_t>(active->feed.size() - active->fed),
-                                             options_.prefill_chunk, options_.max_step_tokens - step_tokens});
+    int64_t chunk = std::min<int64_t>({static_cast<int64_t>(active->feed.size() - active->fed),
+                                       options_.prefill_chunk, options_.max_step_tokens - step_tokens});
+    chunk = FitChunk(chunk, active->spec(), row_specs, step_allowance);
     inputs.push_back({active->sequence.get(), absl::MakeConstSpan(active->feed).subspan(active->fed, chunk),
                       /*all_logits=*/active->scoring()});
     owners.push_back(active.get());

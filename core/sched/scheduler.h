@@ -132,6 +132,12 @@ class Scheduler {
   void Compact();
   RunningRow Describe(const Active& active) const;
   LoadSnapshot Load() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // SLO-aware chunked prefill: the longest step the decoding requests with
+  // budgets can afford (their time left over their steps left), and the
+  // largest prefill chunk that keeps a step within it.
+  absl::Duration DecodeStepAllowance(absl::Time now, const std::vector<const SubmodelSpec*>& decode_rows) const;
+  int64_t FitChunk(int64_t chunk, const SubmodelSpec& spec, const std::vector<const SubmodelSpec*>& rows,
+                   absl::Duration allowance) const;
 
   Engine* engine_;
   Planner* planner_;

@@ -765,6 +765,32 @@ TEST(ServerLifecycle, SigtermDrainsThenExitsZero) {
   EXPECT_TRUE(absl::StrContains(server.Log(), "drained")) << server.Log();
 }
 
+TEST(ServerLifecycle, SecondSignalExitsWithoutWaitingForTheDrain) {
+  std::vector<std::string> flags = ServerFlags();
+  flags.push_back("--drain_timeout=600s");
+  absl::StatusOr<std::unique_ptr<ServerProcess>> started = ServerProcess::Start(flags);
+  ASSERT_TRUE(started.ok()) << started.status();
+  ServerProcess& server = **started;
+  auto stub = v1::MatFormer::NewStub(grpc::CreateChannel(server.target(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + kCallTimeout));
+  auto reader = stub->GenerateStream(&context, Greedy("hello world", kLongGeneration, "XL"));
+  v1::GenerateStreamResponse message;
+  ASSERT_TRUE(reader->Read(&message)) << server.Log();
+
+  server.Signal(SIGTERM);
+  for (const absl::Time end = absl::Now() + absl::Seconds(30);
+       !absl::StrContains(server.Log(), "draining") && absl::Now() < end;) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  server.Signal(SIGTERM);
+  absl::StatusOr<int> exit_code = server.WaitForExit(absl::Seconds(60));
+  ASSERT_TRUE(exit_code.ok()) << exit_code.status() << "\n" << server.Log();
+  EXPECT_EQ(*exit_code, 128 + SIGTERM) << server.Log();
+  EXPECT_TRUE(absl::StrContains(server.Log(), "again: exiting without draining")) << server.Log();
+  context.TryCancel();
+}
+
 TEST(ServerLifecycle, BadFlagsFailAtStartupNamingTheFlag) {
   struct Case {
     std::vector<std::string> flags;
@@ -790,6 +816,8 @@ TEST(ServerLifecycle, BadFlagsFailAtStartupNamingTheFlag) {
       {{"--kv_blocks=2"}, "--kv_blocks=2"},
       {{"--max_prompt_tokens=4096"}, "--max_prompt_tokens"},
       {{"--max_new_tokens_limit=4096"}, "--max_new_tokens_limit"},
+      {{"--latency_model=/nonexistent/latency.json"}, "--latency_model=/nonexistent/latency.json: cannot open"},
+      {{"--write_latency_model=/nonexistent/dir/latency.json"}, "--write_latency_model=/nonexistent/dir"},
       {{"stray-argument"}, "unexpected argument"},
   };
   for (const Case& c : cases) {
@@ -807,7 +835,8 @@ TEST(ServerLifecycle, BadFlagsFailAtStartupNamingTheFlag) {
   for (const char* flag :
        {"--model_dir", "--host", "--port", "--metrics_port", "--tiers", "--policy", "--over_budget", "--max_batch",
         "--max_queue", "--kv_blocks", "--ple_cache_mb", "--max_prompt_tokens", "--max_new_tokens_limit",
-        "--max_stop_sequences", "--max_stop_bytes", "--max_message_bytes", "--drain_timeout"}) {
+        "--max_stop_sequences", "--max_stop_bytes", "--max_message_bytes", "--drain_timeout", "--latency_model",
+        "--write_latency_model", "--online_correction"}) {
     EXPECT_TRUE(absl::StrContains(help.output, absl::StrCat(flag, " ("))) << flag << ":\n" << help.output;
   }
 }

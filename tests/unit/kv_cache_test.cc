@@ -36,27 +36,33 @@ TEST(KvPoolTest, ExhaustionIsAnErrorAndChangesNothing) {
 }
 
 TEST(KvPoolTest, KeysAndValuesOfDifferentSlotsDoNotAlias) {
-  KvPool pool(2, 2, 4, 2, 3);
+  constexpr int kHeadDim = 4, kBlockTokens = 2;
+  KvPool pool(2, 2, kHeadDim, kBlockTokens, 3);
   KvSequence a(&pool);
   ASSERT_TRUE(a.Reserve(6).ok());
-  float next = 0.0f;
+  auto key_of = [](int64_t position, int layer, int head, int j) { return 1000.0f * position + 100 * layer + 10 * head + j; };
   for (int64_t position = 0; position < 6; ++position) {
     for (int layer = 0; layer < 2; ++layer) {
       for (int head = 0; head < 2; ++head) {
-        for (int j = 0; j < 4; ++j) {
-          pool.Key(a.BlockOf(position), layer, head, a.SlotOf(position))[j] = next++;
-          pool.Value(a.BlockOf(position), layer, head, a.SlotOf(position))[j] = next++;
+        float key[kHeadDim], value[kHeadDim];
+        for (int j = 0; j < kHeadDim; ++j) {
+          key[j] = key_of(position, layer, head, j);
+          value[j] = -key[j] - 1;
         }
+        pool.Write(a.BlockOf(position), layer, head, a.SlotOf(position), key, value);
       }
     }
   }
-  next = 0.0f;
   for (int64_t position = 0; position < 6; ++position) {
     for (int layer = 0; layer < 2; ++layer) {
       for (int head = 0; head < 2; ++head) {
-        for (int j = 0; j < 4; ++j) {
-          EXPECT_EQ(pool.Key(a.BlockOf(position), layer, head, a.SlotOf(position))[j], next++);
-          EXPECT_EQ(pool.Value(a.BlockOf(position), layer, head, a.SlotOf(position))[j], next++);
+        // Keys transposed [head_dim][block_tokens], values [block_tokens][head_dim].
+        const float* keys = pool.KeyTile(a.BlockOf(position), layer, head);
+        const float* values = pool.ValueTile(a.BlockOf(position), layer, head);
+        const int slot = a.SlotOf(position);
+        for (int j = 0; j < kHeadDim; ++j) {
+          EXPECT_EQ(keys[j * kBlockTokens + slot], key_of(position, layer, head, j));
+          EXPECT_EQ(values[slot * kHeadDim + j], -key_of(position, layer, head, j) - 1);
         }
       }
     }

@@ -118,6 +118,37 @@ TEST_F(PlannerTest, LooseBudgetDoesNotBreakATightBudgetAlreadyAdmitted) {
   EXPECT_EQ(planner_.Choose(loose, load)->choice.spec, full);
 }
 
+TEST(LatencyModelTest, SavedModelLoadsBackAndBadFilesNameTheField) {
+  const ModelConfig config = TinyConfig(DType::kF32);
+  const std::string directory = testing::FreshDirectory("latency");
+  std::filesystem::create_directories(directory);
+  const LatencyModel model({0.001, 0.002, 0.003, 0.004}, {1e-5, 2e-5, 3e-5, 4e-5}, config.num_layers);
+  ASSERT_TRUE(model.Save(config, directory + "/model.json").ok());
+  absl::StatusOr<LatencyModel> loaded = LatencyModel::Load(config, directory + "/model.json");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  const SubmodelSpec full = *SubmodelSpec::Uniform(config, "XL");
+  const std::vector<const SubmodelSpec*> rows(5, &full);
+  EXPECT_NEAR(absl::ToDoubleSeconds(loaded->StepTime(rows, config)),
+              absl::ToDoubleSeconds(model.StepTime(rows, config)), 1e-12);
+
+  auto error = [&](const std::string& json) {
+    std::ofstream(directory + "/bad.json") << json;
+    return std::string(LatencyModel::Load(config, directory + "/bad.json").status().message());
+  };
+  const std::string all = R"("S": {"fixed_ms": 1, "per_row_ms": 0.1}, "M": {"fixed_ms": 1, "per_row_ms": 0.1},
+                             "L": {"fixed_ms": 1, "per_row_ms": 0.1})";
+  EXPECT_NE(error("[]").find("expected an object with a \"granularities\" object"), std::string::npos);
+  EXPECT_NE(error(R"({"granularities": {)" + all + "}}").find("granularities.XL: missing"), std::string::npos);
+  EXPECT_NE(error(R"({"granularities": {)" + all + R"(, "XL": {"fixed_ms": -1, "per_row_ms": 0}}})")
+                .find("granularities.XL.fixed_ms: must be a number in [0, 60000]"),
+            std::string::npos);
+  EXPECT_NE(error(R"({"granularities": {)" + all +
+                  R"(, "XL": {"fixed_ms": 1, "per_row_ms": 1}, "XXL": {"fixed_ms": 1, "per_row_ms": 1}}})")
+                .find("granularities.XXL: not a granularity of the model"),
+            std::string::npos);
+  EXPECT_EQ(LatencyModel::Load(config, directory + "/missing.json").status().code(), absl::StatusCode::kNotFound);
+}
+
 TEST(RequestCorrectionTest, ScattersWidenTheMarginAndOutliersAreClamped) {
   RequestCorrection correction;
   for (int i = 0; i < 200; ++i) {
@@ -305,6 +336,45 @@ TEST_F(SchedulerTest, CancellationStopsWorkAndFreesBlocks) {
   EXPECT_EQ(outcome.result.status.code(), absl::StatusCode::kCancelled);
   EXPECT_LT(outcome.result.tokens.size(), 100u);
   EXPECT_EQ(engine_->kv_pool().used_blocks(), 0);
+}
+
+TEST_F(SchedulerTest, PrefillChunksShrinkToKeepATightDecodeInBudget) {
+  // Large chunks, a fixed latency model (XL step = 4 ms + 0.4 ms per row) and no learning.
+  scheduler_.reset();
+  planner_->latency().set_learning(false);
+  planner_->correction().set_learning(false);
+  scheduler_ = std::make_unique<Scheduler>(
+      engine_.get(), planner_.get(),
+      SchedulerOptions{.max_batch_sequences = 8, .max_queue = 4, .prefill_chunk = 64, .max_step_tokens = 128});
+  absl::Mutex mutex;
+  std::vector<int> step_tokens;
+  scheduler_->set_step_observer([&](int rows, absl::Duration) {
+    absl::MutexLock lock(&mutex);
+    step_tokens.push_back(rows);
+  });
+  // A decodes 100 tokens in a 2 s budget: at most 2000 / 98 = 20.4 ms per
+  // step once its first token is out. A step with a 64-token XL chunk
+  // (4 + 65 * 0.4 = 30 ms, times the 1.2 margin) would not fit; up to 31
+  // tokens (16.8 ms * 1.2) do.
+  // Submitted together: the first step may carry both prompts, every later
+  // step has A decoding.
+  Outcome tight_outcome, long_outcome;
+  absl::Notification tight_done, long_done;
+  SchedulerRequest tight = Greedy(0, "XL", /*max_new_tokens=*/100);
+  tight.budget = absl::Milliseconds(100 * 20);
+  Start(std::move(tight), &tight_outcome, &tight_done);
+  SchedulerRequest long_prompt = Greedy(80, "XL", /*max_new_tokens=*/1);  // 100 prompt tokens
+  Start(std::move(long_prompt), &long_outcome, &long_done);
+  long_done.WaitForNotification();
+  tight_done.WaitForNotification();
+  EXPECT_TRUE(tight_outcome.result.status.ok()) << tight_outcome.result.status;
+  EXPECT_TRUE(long_outcome.result.status.ok()) << long_outcome.result.status;
+  absl::MutexLock lock(&mutex);
+  ASSERT_FALSE(step_tokens.empty());
+  int largest_shared = 0;
+  for (size_t i = 1; i < step_tokens.size(); ++i) largest_shared = std::max(largest_shared, step_tokens[i]);
+  EXPECT_LE(largest_shared, 1 + 31) << ::testing::PrintToString(step_tokens);
+  EXPECT_GT(largest_shared, 1 + 16) << "chunks above the floor fit too: " << ::testing::PrintToString(step_tokens);
 }
 
 TEST_F(SchedulerTest, ExpiredDeadlineEndsTheRequest) {

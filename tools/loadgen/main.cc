@@ -320,8 +320,10 @@ class Run {
     }
     if (options_.progress) PrintProgress(absl::Now() - start);
     absl::MutexLock lock(&mu_);
+    sent_including_warmup_ = sent_;
     return std::move(records_);
   }
+  int64_t sent_including_warmup() const { return sent_including_warmup_; }
 
   void Finished(Call* call, RequestRecord record, bool measured) {
     absl::MutexLock lock(&mu_);
@@ -376,6 +378,7 @@ class Run {
   const ServerFacts& facts_;
   v1::MatFormer::Stub& stub_;
   const double rate_;
+  int64_t sent_including_warmup_ = 0;
   std::mt19937_64 rng_;
   std::discrete_distribution<size_t> pick_tier_;
   absl::Time measure_from_;
@@ -408,8 +411,9 @@ void Call::OnDone(const grpc::Status& status) {
   delete this;
 }
 
-nlohmann::json RunJson(const Options& options, double rate, const Report& report) {
+nlohmann::json RunJson(const Options& options, double rate, const Report& report, int64_t sent_including_warmup) {
   nlohmann::json json = ToJson(report);
+  json["sent_including_warmup"] = sent_including_warmup;
   json["mode"] = options.mode;
   if (options.mode == "open") {
     json["rate"] = rate;
@@ -475,7 +479,7 @@ int Main(int argc, char** argv) {
                 options->mode == "open" ? absl::StrFormat("%.2f req/s %s", rates[i], options->arrivals).c_str()
                                         : absl::StrFormat("closed loop, %d in flight", options->concurrency).c_str(),
                 FormatTable(report).c_str());
-    runs.push_back(RunJson(*options, rates[i], report));
+    runs.push_back(RunJson(*options, rates[i], report, run.sent_including_warmup()));
     const bool meets = MeetsTarget(report, options->sweep_attainment);
     if (meets) best_rate = rates[i];
     absl::StrAppendFormat(&sweep_table, "%8.2f", rates[i]);
