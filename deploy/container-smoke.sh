@@ -167,6 +167,11 @@ podman export "$container" | tar -C "$rootfs" -x
 # (podman's "unable to get systemd connection to remove healthchecks" goes to
 # the log: there is no systemd here, and nothing was scheduled.)
 podman rm "$container" >/dev/null 2>>"$WORK/podman.log"
+# The runtime stage carries no toolchain and no headers (the build stage's -dev packages).
+for leftover in usr/bin/g++ usr/bin/cmake usr/bin/protoc usr/include/grpcpp usr/include/oneapi; do
+  [ ! -e "$rootfs/$leftover" ] || die "the runtime image contains /$leftover: build-stage files leaked into it"
+done
+[ -x "$rootfs/opt/matformer/bin/matformer-server" ] || die "the image has no /opt/matformer/bin/matformer-server"
 
 # 4. The image's configuration as shell arrays for the inside step.
 config=$WORK/image-config.sh
