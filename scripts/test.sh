@@ -12,7 +12,7 @@ cmake --build build -j2
 (cd build && ctest --output-on-failure -j2)
 
 # The container image: the real Dockerfile built with podman and served from
-# (deploy/README.md; ~1.5 min with the base image cached, ~2.5 min without).
+# (deploy/README.md; 1.5-4 min with the base image cached, ~2.5 min cold on a quiet machine).
 # It needs root (debootstrap, chroot, namespaces); elsewhere it is reported as not run.
 if [ "$(id -u)" -ne 0 ]; then
   echo "scripts/test.sh: deploy/container-smoke.sh NOT RUN: it needs root (sudo deploy/container-smoke.sh)"
