@@ -206,14 +206,21 @@ void MatFormerService::ObserveTokens(CallRecord& record, size_t tokens) {
   if (tokens > 0) record.last_delivery = now;
 }
 
-absl::Status MatFormerService::Submit(PreparedRequest prepared, RequestCallbacks callbacks,
-                                      const std::shared_ptr<CancelLink>& link,
+absl::Status MatFormerService::Submit(grpc::CallbackServerContext* context, PreparedRequest prepared,
+                                      RequestCallbacks callbacks, const std::shared_ptr<CancelLink>& link,
                                       const std::shared_ptr<CallRecord>& record) {
   record->budget = prepared.budget;
   record->prompt_tokens = prepared.request.prompt.size();
   absl::StatusOr<std::shared_ptr<RequestHandle>> handle =
       deps_.scheduler->Submit(std::move(prepared.request), std::move(callbacks));
   if (!handle.ok()) {
+    if (absl::IsResourceExhausted(handle.status())) {
+      // Shed at once with a hint of when capacity frees up; gRPC clients with
+      // a retry policy honour this trailer.
+      const int64_t retry_ms =
+          std::max<int64_t>(10, absl::ToInt64Milliseconds(deps_.scheduler->stats().next_completion));
+      context->AddTrailingMetadata("grpc-retry-pushback-ms", absl::StrCat(retry_ms));
+    }
     Reject(*record, handle.status());
     return handle.status();
   }
@@ -241,7 +248,8 @@ grpc::ServerUnaryReactor* MatFormerService::Generate(grpc::CallbackServerContext
     Complete(*record, result);
     call->Finish(ToGrpcStatus(result.status));
   };
-  if (absl::Status submitted = Submit(*std::move(prepared), std::move(callbacks), call, record); !submitted.ok()) {
+  if (absl::Status submitted = Submit(context, *std::move(prepared), std::move(callbacks), call, record);
+      !submitted.ok()) {
     call->Finish(ToGrpcStatus(submitted));
   }
   return call.get();
@@ -274,7 +282,8 @@ grpc::ServerWriteReactor<v1::GenerateStreamResponse>* MatFormerService::Generate
     Complete(*record, result);
     call->Close(ToGrpcStatus(result.status));
   };
-  if (absl::Status submitted = Submit(*std::move(prepared), std::move(callbacks), call, record); !submitted.ok()) {
+  if (absl::Status submitted = Submit(context, *std::move(prepared), std::move(callbacks), call, record);
+      !submitted.ok()) {
     call->Close(ToGrpcStatus(submitted));
   }
   return call.get();
@@ -297,7 +306,8 @@ grpc::ServerUnaryReactor* MatFormerService::Score(grpc::CallbackServerContext* c
     Complete(*record, result);
     call->Finish(ToGrpcStatus(result.status));
   };
-  if (absl::Status submitted = Submit(*std::move(prepared), std::move(callbacks), call, record); !submitted.ok()) {
+  if (absl::Status submitted = Submit(context, *std::move(prepared), std::move(callbacks), call, record);
+      !submitted.ok()) {
     call->Finish(ToGrpcStatus(submitted));
   }
   return call.get();

@@ -61,9 +61,10 @@ class MatFormerService final : public v1::MatFormer::CallbackService {
   // Bookkeeping for a request the scheduler finished: metrics and the log line.
   void Complete(const CallRecord& record, const SchedulerResult& result);
   void ObserveTokens(CallRecord& record, size_t tokens);
-  // Submits and links cancellation; on failure rejects and returns the status.
-  absl::Status Submit(PreparedRequest prepared, RequestCallbacks callbacks, const std::shared_ptr<CancelLink>& link,
-                      const std::shared_ptr<CallRecord>& record);
+  // Submits and links cancellation; on failure rejects (with a retry hint in
+  // the trailers when shed) and returns the status.
+  absl::Status Submit(grpc::CallbackServerContext* context, PreparedRequest prepared, RequestCallbacks callbacks,
+                      const std::shared_ptr<CancelLink>& link, const std::shared_ptr<CallRecord>& record);
 
   Dependencies deps_;
   RequestBuilder builder_;

@@ -15,6 +15,7 @@
 #include "absl/strings/str_split.h"
 #include "core/engine.h"
 #include "core/util/status_macros.h"
+#include "tools/npy_writer.h"
 
 ABSL_FLAG(std::string, model_dir, "models/default", "Model directory");
 ABSL_FLAG(std::string, spec, "XL", "Submodel spec");
@@ -23,20 +24,6 @@ ABSL_FLAG(int, prefill, 0, "Tokens to prefill in one step (0 = all); the rest ar
 ABSL_FLAG(std::string, out, "", "Output .npy file");
 
 namespace {
-
-absl::Status WriteNpy(const std::string& path, const std::vector<float>& values, int64_t rows, int64_t cols) {
-  std::string header = absl::StrFormat("{'descr': '<f4', 'fortran_order': False, 'shape': (%d, %d), }", rows, cols);
-  header.append(64 - (10 + header.size() + 1) % 64, ' ');
-  header.push_back('\n');
-  std::ofstream out(path, std::ios::binary);
-  const uint16_t header_size = static_cast<uint16_t>(header.size());
-  out.write("\x93NUMPY\x01\x00", 8);
-  out.write(reinterpret_cast<const char*>(&header_size), 2);
-  out << header;
-  out.write(reinterpret_cast<const char*>(values.data()), static_cast<std::streamsize>(values.size() * sizeof(float)));
-  if (!out) return absl::InternalError(absl::StrCat("cannot write ", path));
-  return absl::OkStatus();
-}
 
 absl::Status Run() {
   MF_ASSIGN_OR_RETURN(std::shared_ptr<const matformer::Model> model,
@@ -62,7 +49,7 @@ absl::Status Run() {
     MF_ASSIGN_OR_RETURN(std::vector<float> logits, engine->Step({&step, 1}));
     all.insert(all.end(), logits.begin(), logits.end());
   }
-  return WriteNpy(absl::GetFlag(FLAGS_out), all, static_cast<int64_t>(tokens.size()), model->config().vocab_size);
+  return matformer::tools::WriteNpy(absl::GetFlag(FLAGS_out), all, static_cast<int64_t>(tokens.size()), model->config().vocab_size);
 }
 
 }  // namespace

@@ -215,7 +215,8 @@ SchedulerStats Scheduler::stats() const {
                         .queued = static_cast<int>(queue_.size()),
                         .kv_blocks_used = engine_->kv_pool().used_blocks(),
                         .kv_blocks_total = engine_->kv_pool().num_blocks(),
-                        .steps = steps_};
+                        .steps = steps_,
+                        .next_completion = absl::Seconds(service_seconds_ / std::max(1, running_count_))};
 }
 
 void Scheduler::Finish(std::unique_ptr<Active> active, absl::Status status) {

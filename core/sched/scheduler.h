@@ -88,6 +88,9 @@ struct SchedulerStats {
   int64_t kv_blocks_used = 0;
   int64_t kv_blocks_total = 0;
   uint64_t steps = 0;
+  // About when the next running request finishes (a request's typical service
+  // time over the requests running): the retry hint for refused requests.
+  absl::Duration next_completion = absl::ZeroDuration();
 };
 
 // Continuous batching over one Engine: requests join between steps, prefill

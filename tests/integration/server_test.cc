@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/barrier.h"
@@ -309,12 +310,21 @@ TEST_F(ServerTest, BudgetComesFromRequestThenTierThenDeadline) {
   EXPECT_FALSE(no_deadline.has_latency_budget());
 }
 
-TEST_F(ServerTest, UnreachableBudgetIsRejected) {
+TEST_F(ServerTest, UnreachableBudgetIsRejectedWithARetryHint) {
   v1::GenerateRequest request = Greedy("hello", 8);
   request.mutable_latency_budget()->set_nanos(1000);
-  absl::StatusOr<v1::GenerateResponse> response = Generate(request);
-  EXPECT_EQ(response.status().code(), absl::StatusCode::kResourceExhausted) << response.status();
-  EXPECT_TRUE(absl::StrContains(response.status().message(), "latency budget")) << response.status();
+  v1::GenerateResponse response;
+  std::unique_ptr<grpc::ClientContext> context = Context();
+  const grpc::Status status = stub_->Generate(context.get(), request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << Describe(status);
+  EXPECT_TRUE(absl::StrContains(status.error_message(), "latency budget")) << Describe(status);
+  // Shed at once, with gRPC's retry pushback trailer (milliseconds).
+  const auto& trailers = context->GetServerTrailingMetadata();
+  const auto hint = trailers.find("grpc-retry-pushback-ms");
+  ASSERT_NE(hint, trailers.end());
+  int retry_ms = 0;
+  EXPECT_TRUE(absl::SimpleAtoi(absl::string_view(hint->second.data(), hint->second.size()), &retry_ms));
+  EXPECT_GE(retry_ms, 10);
 }
 
 TEST_F(ServerTest, BadInputsAreInvalidArgumentsNamingTheField) {
