@@ -6,7 +6,7 @@
 #   scripts/install-deps.sh --build-only only what compiling the C++ tree needs
 #                                        (the Dockerfile's build stage)
 #   scripts/install-deps.sh --container  what deploy/container-smoke.sh needs
-#                                        (podman, debootstrap), not part of CI
+#                                        (podman, debootstrap, iproute2; it calls this itself)
 set -euo pipefail
 
 BUILD_PACKAGES=(
