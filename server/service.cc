@@ -193,7 +193,8 @@ void MatFormerService::Complete(const CallRecord& record, const SchedulerResult&
   const Timings& t = result.timings;
   std::string line =
       absl::StrCat("request id=", record.id, " method=", record.method, " tier=", TierField(record.tier),
-                   ClientField(record.client), " spec=", result.plan.choice.spec.name(), " active_params=", result.plan.choice.spec.active_params(),
+                   ClientField(record.client), " spec=", result.plan.choice.spec.name(),
+                   " active_params=", result.plan.choice.spec.active_params(),
                    " budget_ms=", record.budget.budget.has_value() ? Millis(*record.budget.budget) : "-",
                    " budget_from=", BudgetSourceName(record.budget.source), " prompt_tokens=", record.prompt_tokens,
                    " new_tokens=", result.tokens.size(), " queue_ms=", Millis(t.queue),
@@ -216,7 +217,9 @@ absl::Status MatFormerService::CheckAccess(const grpc::CallbackServerContext& co
   if (deps_.authenticator == nullptr) return absl::OkStatus();
   std::vector<absl::string_view> authorization;
   const auto range = context.client_metadata().equal_range("authorization");
-  for (auto it = range.first; it != range.second; ++it) authorization.emplace_back(it->second.data(), it->second.size());
+  for (auto it = range.first; it != range.second; ++it) {
+    authorization.emplace_back(it->second.data(), it->second.size());
+  }
   absl::StatusOr<const Principal*> principal = deps_.authenticator->Authenticate(authorization);
   if (!principal.ok()) return principal.status();
   if (record != nullptr) record->client = (*principal)->name;
