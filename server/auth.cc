@@ -116,8 +116,10 @@ absl::StatusOr<TokenAuthenticator> TokenAuthenticator::Parse(absl::string_view j
         if (name != kNoTier && FindTier(tiers, name) == nullptr) {
           std::vector<std::string> known = {std::string(kNoTier)};
           for (const Tier& t : tiers) known.push_back(t.name);
-          return Error(source, absl::StrCat(named, ".tiers: \"", absl::CEscape(tier.dump()),
-                                            "\" is not a configured tier (", absl::StrJoin(known, ", "), ")"));
+          const std::string shown = tier.is_string() ? absl::StrCat("\"", absl::CEscape(name), "\"")
+                                                     : tier.dump().substr(0, 32);
+          return Error(source, absl::StrCat(named, ".tiers: ", shown, " is not a configured tier (",
+                                            absl::StrJoin(known, ", "), ")"));
         }
         entry.principal.tiers.push_back(name);
       }
