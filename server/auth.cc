@@ -176,7 +176,9 @@ absl::Status TokenAuthenticator::Authorize(const Principal& principal, absl::str
   }
   return absl::PermissionDeniedError(
       absl::StrCat("token \"", principal.name, "\" may not use ",
-                   tier.empty() ? "requests without a tier" : absl::StrCat("tier \"", absl::CEscape(tier), "\""),
+                   tier.empty() ? "requests without a tier"
+                                : absl::StrCat("tier \"", absl::CEscape(tier.substr(0, 64)),
+                                               tier.size() > 64 ? "...\"" : "\""),
                    " (allowed: ", principal.tiers.empty() ? "nothing" : absl::StrJoin(principal.tiers, ", "), ")"));
 }
 

@@ -21,8 +21,13 @@ std::optional<absl::Time> CallDeadline(const grpc::CallbackServerContext& contex
   return absl::FromChrono(deadline);
 }
 
-// The tier as the client sent it, escaped: a rejected request's tier is arbitrary bytes.
-std::string TierField(const std::string& tier) { return tier.empty() ? "-" : absl::CEscape(tier); }
+// The tier as the client sent it, escaped and cut at 64 bytes: a rejected
+// request's tier is arbitrary bytes, up to --max_message_bytes of them.
+std::string TierField(const std::string& tier) {
+  constexpr size_t kMaxShown = 64;
+  if (tier.empty()) return "-";
+  return tier.size() > kMaxShown ? absl::StrCat(absl::CEscape(tier.substr(0, kMaxShown)), "...") : absl::CEscape(tier);
+}
 
 // " client=<name>" when the call was authenticated, else nothing.
 std::string ClientField(const std::string& client) { return client.empty() ? "" : absl::StrCat(" client=", client); }

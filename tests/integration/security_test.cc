@@ -332,7 +332,7 @@ TEST_F(TlsAndTokensTest, HealthAndReflectionNeedNoToken) {
   EXPECT_TRUE(stream->Finish().ok());
 }
 
-TEST_F(TlsAndTokensTest, CliConnectsWithTlsAndAToken) {
+TEST_F(TlsAndTokensTest, ClientsConnectWithTlsAndAToken) {
   const std::string token_file = TestFiles().certs + "/cli-token";
   WriteFile(token_file, std::string(kAliceToken) + "\n");
   auto cli = [&](std::vector<std::string> args) {
@@ -353,6 +353,21 @@ TEST_F(TlsAndTokensTest, CliConnectsWithTlsAndAToken) {
   EXPECT_TRUE(absl::StrContains(anonymous.output, "UNAUTHENTICATED")) << anonymous.output;
   CommandResult health = cli({"health"});
   EXPECT_EQ(health.exit_code, 0) << health.output;
+
+  // The Python example client too.
+  auto python = [&](std::vector<std::string> args) {
+    std::vector<std::string> argv = {"/usr/bin/python3", std::string(MATFORMER_SOURCE_DIR) + "/tools/python_client.py",
+                                     std::string("--stubs_dir=") + MATFORMER_PYTHON_STUBS_DIR,
+                                     "--target=" + server_->target(), "--timeout=30",
+                                     "--tls_ca=" + TestFiles().Cert("ca.pem")};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return RunCommand(argv, absl::Seconds(60));
+  };
+  CommandResult python_ok = python({"--token_file=" + token_file, "generate", "--prompt=hello", "--max_new_tokens=2"});
+  EXPECT_EQ(python_ok.exit_code, 0) << python_ok.output;
+  CommandResult python_anonymous = python({"info"});
+  EXPECT_EQ(python_anonymous.exit_code, 1) << python_anonymous.output;
+  EXPECT_TRUE(absl::StrContains(python_anonymous.output, "UNAUTHENTICATED")) << python_anonymous.output;
 }
 
 // Mutual TLS: the server requires a client certificate from its CA.
