@@ -53,9 +53,8 @@ bool ValidName(absl::string_view name) {
 std::optional<TokenAuthenticator::Digest> KeyDigest(absl::string_view key) {
   if (absl::StartsWith(key, kDigestPrefix)) {
     const absl::string_view hex = key.substr(kDigestPrefix.size());
-    if (hex.size() != 64 || !std::all_of(hex.begin(), hex.end(), [](char c) {
-          return absl::ascii_isxdigit(static_cast<unsigned char>(c));
-        })) {
+    if (hex.size() != 64 || !std::all_of(hex.begin(), hex.end(),
+                                         [](char c) { return absl::ascii_isxdigit(static_cast<unsigned char>(c)); })) {
       return std::nullopt;
     }
     const std::string bytes = absl::HexStringToBytes(hex);
@@ -74,8 +73,7 @@ absl::Status Error(absl::string_view source, absl::string_view message) {
 }  // namespace
 
 absl::StatusOr<TokenAuthenticator> TokenAuthenticator::Parse(absl::string_view json_text,
-                                                             const std::vector<Tier>& tiers,
-                                                             absl::string_view source) {
+                                                             const std::vector<Tier>& tiers, absl::string_view source) {
   const Json json = Json::parse(json_text.begin(), json_text.end(), nullptr, /*allow_exceptions=*/false);
   if (json.is_discarded() || !json.is_object()) {
     return Error(source, "expected a JSON object from token to {\"name\", \"tiers\"}");
@@ -95,15 +93,15 @@ absl::StatusOr<TokenAuthenticator> TokenAuthenticator::Parse(absl::string_view j
     if (!value.is_object()) return Error(source, absl::StrCat(where, ": expected {\"name\", \"tiers\"}"));
     for (const auto& [field, unused] : value.items()) {
       if (field != "name" && field != "tiers") {
-        return Error(source, absl::StrCat(where, ": unknown field \"", absl::CEscape(field),
-                                          "\" (expected name, tiers)"));
+        return Error(source,
+                     absl::StrCat(where, ": unknown field \"", absl::CEscape(field), "\" (expected name, tiers)"));
       }
     }
     Entry entry;
     entry.digest = *digest;
     if (!value.contains("name") || !value["name"].is_string() || !ValidName(value["name"].get<std::string>())) {
-      return Error(source, absl::StrCat(where, ".name: required, 1 to ", kMaxNameLength,
-                                        " characters of [A-Za-z0-9_.@-]"));
+      return Error(source,
+                   absl::StrCat(where, ".name: required, 1 to ", kMaxNameLength, " characters of [A-Za-z0-9_.@-]"));
     }
     entry.principal.name = value["name"].get<std::string>();
     const std::string named = absl::StrCat(where, " (", entry.principal.name, ")");
@@ -116,8 +114,8 @@ absl::StatusOr<TokenAuthenticator> TokenAuthenticator::Parse(absl::string_view j
         if (name != kNoTier && FindTier(tiers, name) == nullptr) {
           std::vector<std::string> known = {std::string(kNoTier)};
           for (const Tier& t : tiers) known.push_back(t.name);
-          const std::string shown = tier.is_string() ? absl::StrCat("\"", absl::CEscape(name), "\"")
-                                                     : tier.dump().substr(0, 32);
+          const std::string shown =
+              tier.is_string() ? absl::StrCat("\"", absl::CEscape(name), "\"") : tier.dump().substr(0, 32);
           return Error(source, absl::StrCat(named, ".tiers: ", shown, " is not a configured tier (",
                                             absl::StrJoin(known, ", "), ")"));
         }
@@ -174,12 +172,11 @@ absl::Status TokenAuthenticator::Authorize(const Principal& principal, absl::str
   for (const std::string& allowed : principal.tiers) {
     if (allowed == wanted) return absl::OkStatus();
   }
-  return absl::PermissionDeniedError(
-      absl::StrCat("token \"", principal.name, "\" may not use ",
-                   tier.empty() ? "requests without a tier"
-                                : absl::StrCat("tier \"", absl::CEscape(tier.substr(0, 64)),
-                                               tier.size() > 64 ? "...\"" : "\""),
-                   " (allowed: ", principal.tiers.empty() ? "nothing" : absl::StrJoin(principal.tiers, ", "), ")"));
+  return absl::PermissionDeniedError(absl::StrCat(
+      "token \"", principal.name, "\" may not use ",
+      tier.empty() ? "requests without a tier"
+                   : absl::StrCat("tier \"", absl::CEscape(tier.substr(0, 64)), tier.size() > 64 ? "...\"" : "\""),
+      " (allowed: ", principal.tiers.empty() ? "nothing" : absl::StrJoin(principal.tiers, ", "), ")"));
 }
 
 }  // namespace matformer::server

@@ -27,8 +27,7 @@ absl::StatusOr<std::string> ReadBoundedFile(const std::string& path, size_t max_
   } else if (!S_ISREG(info.st_mode)) {
     status = absl::InvalidArgumentError("not a regular file");
   } else if (static_cast<uint64_t>(info.st_size) > max_bytes) {
-    status = absl::InvalidArgumentError(
-        absl::StrCat(info.st_size, " bytes, more than the limit of ", max_bytes));
+    status = absl::InvalidArgumentError(absl::StrCat(info.st_size, " bytes, more than the limit of ", max_bytes));
   } else {
     // The file may grow between fstat and read: never read past the bound.
     text.resize(max_bytes + 1);

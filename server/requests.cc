@@ -138,8 +138,8 @@ absl::Status RequestBuilder::ApplyRouting(const Proto& proto, std::optional<absl
     if (tier == nullptr) {
       std::string known;
       for (const Tier& t : tiers_) absl::StrAppend(&known, known.empty() ? "" : ", ", t.name);
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tier: unknown tier ", Quoted(proto.tier()), " (known: ", known.empty() ? "no tiers configured" : known, ")"));
+      return absl::InvalidArgumentError(absl::StrCat("tier: unknown tier ", Quoted(proto.tier()), " (known: ",
+                                                     known.empty() ? "no tiers configured" : known, ")"));
     }
     request.tier = tier->name;
     request.priority = tier->priority;

@@ -15,8 +15,8 @@
 namespace {
 
 const std::vector<matformer::server::Tier>& Tiers() {
-  static const auto* const tiers = new std::vector<matformer::server::Tier>{
-      {"interactive", absl::Milliseconds(300), 2}, {"batch", absl::Seconds(10), 0}};
+  static const auto* const tiers = new std::vector<matformer::server::Tier>{{"interactive", absl::Milliseconds(300), 2},
+                                                                            {"batch", absl::Seconds(10), 0}};
   return *tiers;
 }
 

@@ -27,7 +27,7 @@ namespace v1 = ::matformer::v1;
 
 constexpr absl::Duration kCallTimeout = absl::Seconds(30);
 // Tokens of the tokens file (tokens.json below).
-constexpr char kAliceToken[] = "alice-token-0123456789";  // tiers interactive and none
+constexpr char kAliceToken[] = "alice-token-0123456789";    // tiers interactive and none
 constexpr char kOpsToken[] = "ops-token-0123456789abcdef";  // every tier
 // Listed in the file by its SHA-256 only.
 constexpr char kHashedToken[] = "hashed-token-0123456789";
@@ -67,9 +67,8 @@ absl::Status MakeCertificate(const std::string& dir, const std::string& name, co
       !s.ok()) {
     return s;
   }
-  std::vector<std::string> sign = {"x509",    "-req",         "-in",        base + ".csr", "-out",
-                                   base + ".pem", "-days",    "2",          "-extfile",    dir + "/extensions.cnf",
-                                   "-extensions", kind};
+  std::vector<std::string> sign = {"x509",  "-req", "-in",      base + ".csr",           "-out",        base + ".pem",
+                                   "-days", "2",    "-extfile", dir + "/extensions.cnf", "-extensions", kind};
   if (issuer.empty()) {
     sign.insert(sign.end(), {"-signkey", base + ".key"});
   } else {
@@ -86,7 +85,8 @@ absl::Status MakeCertificates(const std::string& dir) {
             "[server]\nbasicConstraints = CA:FALSE\nsubjectAltName = IP:127.0.0.1,DNS:localhost\n"
             "extendedKeyUsage = serverAuth\n"
             "[client]\nbasicConstraints = CA:FALSE\nextendedKeyUsage = clientAuth\n");
-  for (const auto& [name, cn, issuer, kind] : std::vector<std::tuple<std::string, std::string, std::string, std::string>>{
+  for (const auto& [name, cn, issuer, kind] :
+       std::vector<std::tuple<std::string, std::string, std::string, std::string>>{
            {"ca", "test-ca", "", "ca"},
            {"server", "localhost", "ca", "server"},
            {"client", "test-client", "ca", "client"},
@@ -120,7 +120,8 @@ class SecurityEnvironment : public testing::Environment {
     absl::StatusOr<std::string> digest = Sha256Hex(files.certs, kHashedToken);
     ASSERT_TRUE(digest.ok()) << digest.status();
     files.tokens = files.certs + "/tokens.json";
-    WriteFile(files.tokens, absl::StrCat("{\"", kAliceToken, "\": {\"name\": \"alice\", \"tiers\": [\"interactive\", "
+    WriteFile(files.tokens, absl::StrCat("{\"", kAliceToken,
+                                         "\": {\"name\": \"alice\", \"tiers\": [\"interactive\", "
                                          "\"none\"]},\n \"",
                                          kOpsToken, "\": {\"name\": \"ops\", \"tiers\": \"*\"},\n \"sha256:", *digest,
                                          "\": {\"name\": \"hashed\", \"tiers\": [\"batch\"]}}\n"));
@@ -234,8 +235,7 @@ TEST_F(TlsAndTokensTest, PlaintextClientIsRefused) {
 }
 
 TEST_F(TlsAndTokensTest, ClientTrustingAnotherCaRefusesTheServer) {
-  const grpc::Status status =
-      Generate(grpc::CreateChannel(server_->target(), Tls("other-ca.pem")), Bearer(kOpsToken));
+  const grpc::Status status = Generate(grpc::CreateChannel(server_->target(), Tls("other-ca.pem")), Bearer(kOpsToken));
   EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << Describe(status);
   EXPECT_TRUE(absl::StrContains(status.error_message(), "certificate verify failed")) << Describe(status);
 }
@@ -356,9 +356,11 @@ TEST_F(TlsAndTokensTest, ClientsConnectWithTlsAndAToken) {
 
   // The Python example client too.
   auto python = [&](std::vector<std::string> args) {
-    std::vector<std::string> argv = {"/usr/bin/python3", std::string(MATFORMER_SOURCE_DIR) + "/tools/python_client.py",
+    std::vector<std::string> argv = {"/usr/bin/python3",
+                                     std::string(MATFORMER_SOURCE_DIR) + "/tools/python_client.py",
                                      std::string("--stubs_dir=") + MATFORMER_PYTHON_STUBS_DIR,
-                                     "--target=" + server_->target(), "--timeout=30",
+                                     "--target=" + server_->target(),
+                                     "--timeout=30",
                                      "--tls_ca=" + TestFiles().Cert("ca.pem")};
     argv.insert(argv.end(), args.begin(), args.end());
     return RunCommand(argv, absl::Seconds(60));
@@ -381,8 +383,7 @@ TEST(MutualTls, OnlyClientsWithACertificateFromTheClientCaGetIn) {
   const std::string target = (*server)->target();
   EXPECT_TRUE(absl::StrContains((*server)->Log(), "security: mutual TLS")) << (*server)->Log();
 
-  const grpc::Status with_cert =
-      Generate(grpc::CreateChannel(target, Tls("ca.pem", "client.pem", "client.key")), "");
+  const grpc::Status with_cert = Generate(grpc::CreateChannel(target, Tls("ca.pem", "client.pem", "client.key")), "");
   EXPECT_TRUE(with_cert.ok()) << Describe(with_cert);
   EXPECT_TRUE(Health(grpc::CreateChannel(target, Tls("ca.pem", "client.pem", "client.key"))).ok());
 

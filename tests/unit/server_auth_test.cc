@@ -39,8 +39,7 @@ TEST(TokenAuthenticator, FindsEachTokenAndOnlyExactMatches) {
   const TokenAuthenticator auth =
       Parsed(absl::StrCat(R"({"alice-token-0123456789": {"name": "alice", "tiers": ["interactive", "none"]},
                               "sha256:)",
-                          Sha256Hex("hashed-token-0123456789"),
-                          R"(": {"name": "hashed", "tiers": "*"}})"));
+                          Sha256Hex("hashed-token-0123456789"), R"(": {"name": "hashed", "tiers": "*"}})"));
   ASSERT_EQ(auth.size(), 2u);
   auto name = [&](const std::string& header) -> std::string {
     absl::StatusOr<const Principal*> principal = auth.Authenticate({header});
@@ -51,8 +50,8 @@ TEST(TokenAuthenticator, FindsEachTokenAndOnlyExactMatches) {
   EXPECT_EQ(name("Bearer hashed-token-0123456789"), "hashed");
   for (const std::string& bad : std::vector<std::string>{
            "", "Bearer", "Bearer ", "Bearer alice-token-012345678", "Bearer alice-token-01234567890",
-        "Bearer Alice-token-0123456789", "alice-token-0123456789", "Basic alice-token-0123456789",
-        "Bearer\talice-token-0123456789", std::string("Bearer sha256:") + Sha256Hex("hashed-token-0123456789")}) {
+           "Bearer Alice-token-0123456789", "alice-token-0123456789", "Basic alice-token-0123456789",
+           "Bearer\talice-token-0123456789", std::string("Bearer sha256:") + Sha256Hex("hashed-token-0123456789")}) {
     EXPECT_EQ(name(bad), "UNAUTHENTICATED") << "'" << bad << "'";
   }
   EXPECT_EQ(auth.Authenticate({}).status().code(), absl::StatusCode::kUnauthenticated);
