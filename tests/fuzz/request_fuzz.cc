@@ -10,6 +10,8 @@
 // and ASan's dlopen refuses it. The tokenizer alone runs under ASan in
 // tokenizer_fuzz.
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <optional>
 #include <string>
@@ -69,6 +71,12 @@ void CheckPrepared(const PreparedRequest& prepared, const matformer::ModelConfig
   if (request.pinned_spec.has_value()) FUZZ_CHECK(request.pinned_spec->num_layers() == config.num_layers);
 }
 
+// REQUEST_FUZZ_VERBOSE=1: print each input's outcome (to see what the corpus reaches).
+void Report(const absl::Status& status) {
+  static const bool verbose = std::getenv("REQUEST_FUZZ_VERBOSE") != nullptr;
+  if (verbose) std::fprintf(stderr, "request_fuzz: %s\n", status.ToString().c_str());
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -86,6 +94,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       matformer::v1::GenerateRequest request;
       if (!request.ParseFromArray(message, message_size)) return 0;
       absl::StatusOr<PreparedRequest> prepared = fixture.builder->Generate(request, deadline, now);
+      Report(prepared.status());
       if (prepared.ok()) CheckPrepared(*prepared, config);
       break;
     }
@@ -93,13 +102,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       matformer::v1::ScoreRequest request;
       if (!request.ParseFromArray(message, message_size)) return 0;
       absl::StatusOr<PreparedRequest> prepared = fixture.builder->Score(request, deadline, now);
+      Report(prepared.status());
       if (prepared.ok()) CheckPrepared(*prepared, config);
       break;
     }
     case 2: {
       matformer::v1::TokenizeRequest request;
       if (!request.ParseFromArray(message, message_size)) return 0;
-      (void)fixture.builder->Tokenize(request);
+      Report(fixture.builder->Tokenize(request).status());
       break;
     }
   }
