@@ -24,6 +24,9 @@ for target in "${targets[@]}"; do
   artifacts="build-fuzz/artifacts/$target/"
   log="build-fuzz/$target.log"
   mkdir -p "$work" "$artifacts"
+  # Seeds, plus the inputs that once crashed it (tests/fuzz/regressions/<target>/), read-only.
+  inputs=("tests/fuzz/corpus/$target")
+  if [ -d "tests/fuzz/regressions/$target" ]; then inputs+=("tests/fuzz/regressions/$target"); fi
   dict=()
   case "$target" in model_config | safetensors | tiers | auth_tokens) dict=(-dict=tests/fuzz/json.dict) ;; esac
   result=ok
@@ -31,7 +34,7 @@ for target in "${targets[@]}"; do
   # code allocate more than 2 GiB is an unbounded allocation.
   if ! "build-fuzz/tests/fuzz/${target}_fuzz" -max_total_time="$seconds" -print_final_stats=1 -timeout=10 \
       -rss_limit_mb=2048 -malloc_limit_mb=2048 -artifact_prefix="$artifacts" "${dict[@]}" \
-      "$work" "tests/fuzz/corpus/$target" >"$log" 2>&1; then
+      "$work" "${inputs[@]}" >"$log" 2>&1; then
     result="FAILED (log: $log, input: $(ls -t "$artifacts" | head -1))"
     failed+=("$target")
   fi
