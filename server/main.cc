@@ -31,10 +31,10 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "server/auth.h"
 #include "server/log.h"
 #include "server/metrics.h"
 #include "server/options.h"
-#include "server/auth.h"
 #include "server/service.h"
 #include "server/tiers.h"
 #include "server/tls.h"
@@ -231,11 +231,10 @@ int Run(const sigset_t& signals) {
   health->SetServingStatus(true);
   Log(absl::StrCat("listening on ", options.host, ":", port));
   Log(absl::StrCat("metrics on ", metrics_host, ":", *metrics_port));
-  Log(absl::StrCat("security: ",
-                   !options.tls.enabled()               ? "plaintext"
-                   : options.tls.client_ca.empty()      ? "TLS"
-                                                        : "mutual TLS (client certificates required)",
-                   ", ",
+  const char* transport = !options.tls.enabled()          ? "plaintext"
+                          : options.tls.client_ca.empty() ? "TLS"
+                                                          : "mutual TLS (client certificates required)";
+  Log(absl::StrCat("security: ", transport, ", ",
                    authenticator.has_value() ? absl::StrCat(authenticator->size(), " bearer tokens")
                                              : std::string("no authentication")));
   if (authenticator.has_value() && !options.tls.enabled()) {
