@@ -412,6 +412,11 @@ TEST(SecurityFlags, BadValuesFailAtStartupNamingTheFlag) {
   };
   absl::StatusOr<std::string> duplicate = Sha256Hex(files.certs, "a-long-enough-token-1");
   ASSERT_TRUE(duplicate.ok()) << duplicate.status();
+  // The server's key with a certificate that expired a day ago.
+  const std::string expired = files.Cert("expired.pem");
+  ASSERT_TRUE(OpenSsl({"x509", "-req", "-in", files.Cert("server.csr"), "-CA", files.Cert("ca.pem"), "-CAkey",
+                       files.Cert("ca.key"), "-set_serial", "7", "-days", "-1", "-out", expired})
+                  .ok());
   const std::string server_cert = "--tls_cert=" + files.Cert("server.pem");
   const std::string server_key = "--tls_key=" + files.Cert("server.key");
   struct Case {
@@ -424,6 +429,7 @@ TEST(SecurityFlags, BadValuesFailAtStartupNamingTheFlag) {
       {{server_cert, "--tls_key=/nonexistent/key.pem"}, "--tls_key=/nonexistent/key.pem: cannot open"},
       {{server_cert, "--tls_key=" + garbage}, "--tls_key=" + garbage + ": not an unencrypted PEM private key"},
       {{server_cert, "--tls_key=" + files.Cert("client.key")}, "does not match the certificate in --tls_cert"},
+      {{"--tls_cert=" + expired, server_key}, "--tls_cert=" + expired + ": the certificate has expired"},
       {{server_cert, "--tls_key=" + files.Cert("server.pem")}, "--tls_key"},
       {{server_cert}, "--tls_key: required with --tls_cert"},
       {{server_key}, "--tls_cert: required with --tls_key"},
