@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The second command: builds with warnings as errors and runs every test
-# (unit, integration, parity against the PyTorch reference, deploy/ checks and
-# the nginx scale-out test), builds and serves the container image, then runs
-# the unit tests again under ASan+UBSan, and the shared caches under TSan.
+# (unit, integration, parity against the PyTorch reference, deploy/ checks,
+# the nginx scale-out test and a one-minute soak), builds and serves the
+# container image, then runs the unit tests again under ASan+UBSan, the shared
+# caches under TSan, and every fuzz target for 60 s (clang-14 + libFuzzer,
+# build-fuzz).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -32,3 +34,6 @@ cmake --build build-asan -j2 --target unit_tests
 cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DMATFORMER_WERROR=ON -DMATFORMER_SANITIZE=thread >/dev/null
 cmake --build build-tsan -j2 --target ple_cache_test kv_cache_test
 (cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure -R "PleCache|KvPool")
+
+# libFuzzer: each target (tests/fuzz) 60 s from its seed corpus; fails on any crash.
+scripts/fuzz.sh 60

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdio>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -31,11 +32,13 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "server/auth.h"
 #include "server/log.h"
 #include "server/metrics.h"
 #include "server/options.h"
 #include "server/service.h"
 #include "server/tiers.h"
+#include "server/tls.h"
 
 namespace {
 
@@ -82,6 +85,19 @@ ABSL_FLAG(int, max_stop_bytes, 64, "Bytes per stop sequence, 1..1024");
 ABSL_FLAG(int64_t, max_message_bytes, 1 << 20, "Largest request message in bytes, 1024..67108864");
 ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(30),
           "On SIGTERM/SIGINT, how long running requests may take to finish before they are cancelled, 0s..1h");
+// Security (SECURITY.md).
+ABSL_FLAG(std::string, metrics_host, "",
+          "Address the metrics endpoint listens on; empty: the same as --host (the metrics endpoint has no "
+          "authentication: keep it on a private address)");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate (chain) of the gRPC port; with --tls_key turns TLS on. Empty: plaintext");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key (unencrypted) of --tls_cert");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA certificate(s): clients must present a certificate signed by one of them (mutual TLS)");
+ABSL_FLAG(std::string, auth_tokens, "",
+          "Bearer tokens JSON file: {\"<token>\" or \"sha256:<hex>\": {\"name\": ..., \"tiers\": [...] or \"*\"}}; "
+          "every MatFormer call then needs metadata 'authorization: Bearer <token>' (health and reflection stay "
+          "open). Empty: no authentication");
 
 namespace matformer::server {
 namespace {
@@ -112,6 +128,11 @@ ServerOptions OptionsFromFlags() {
               .max_stop_bytes = absl::GetFlag(FLAGS_max_stop_bytes)};
   o.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   o.drain_timeout = absl::GetFlag(FLAGS_drain_timeout);
+  o.metrics_host = absl::GetFlag(FLAGS_metrics_host);
+  o.tls = {.cert = absl::GetFlag(FLAGS_tls_cert),
+           .key = absl::GetFlag(FLAGS_tls_key),
+           .client_ca = absl::GetFlag(FLAGS_tls_client_ca)};
+  o.auth_tokens = absl::GetFlag(FLAGS_auth_tokens);
   return o;
 }
 
@@ -130,6 +151,18 @@ int Run(const sigset_t& signals) {
   absl::StatusOr<std::vector<Tier>> tiers = LoadTiers(options.tiers);
   if (!tiers.ok()) {
     return Fail(kUsageExit, absl::InvalidArgumentError(absl::StrCat("--tiers: ", tiers.status().message())));
+  }
+  // Security flags are checked before the (slow) model load, like the others.
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = MakeServerCredentials(options.tls);
+  if (!credentials.ok()) return Fail(kUsageExit, credentials.status());
+  std::optional<TokenAuthenticator> authenticator;
+  if (!options.auth_tokens.empty()) {
+    absl::StatusOr<TokenAuthenticator> loaded = TokenAuthenticator::Load(options.auth_tokens, *tiers);
+    if (!loaded.ok()) {
+      return Fail(kUsageExit,
+                  absl::InvalidArgumentError(absl::StrCat("--auth_tokens: ", loaded.status().message())));
+    }
+    authenticator = *std::move(loaded);
   }
 
   const absl::Time start = absl::Now();
@@ -187,8 +220,9 @@ int Run(const sigset_t& signals) {
   // it has requests, and it has none by then: drained, or never serving.)
   ServerMetrics metrics(*tiers, candidate_params);
   scheduler.set_step_observer([&metrics](int rows, absl::Duration duration) { metrics.RecordStep(rows, duration); });
+  const std::string metrics_host = options.metrics_host.empty() ? options.host : options.metrics_host;
   absl::StatusOr<int> metrics_port =
-      metrics.Serve(options.host, options.metrics_port, [&metrics, &scheduler, &planner, engine = engine->get()] {
+      metrics.Serve(metrics_host, options.metrics_port, [&metrics, &scheduler, &planner, engine = engine->get()] {
         metrics.SetGauges(scheduler.stats(), engine->ple_cache().stats(), planner.latency().correction(),
                           planner.correction().factors());
       });
@@ -201,13 +235,14 @@ int Run(const sigset_t& signals) {
        .metrics = &metrics,
        .tiers = &*tiers,
        .limits = options.limits,
+       .authenticator = authenticator.has_value() ? &*authenticator : nullptr,
        .serving = {.model_dir = options.model_dir, .policy = options.policy, .over_budget = options.over_budget}});
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
   const std::string address = absl::StrCat(options.host, ":", options.port);
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(address, *credentials, &port);
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
@@ -218,7 +253,16 @@ int Run(const sigset_t& signals) {
   health->SetServingStatus(v1::MatFormer::service_full_name(), true);
   health->SetServingStatus(true);
   Log(absl::StrCat("listening on ", options.host, ":", port));
-  Log(absl::StrCat("metrics on ", options.host, ":", *metrics_port));
+  Log(absl::StrCat("metrics on ", metrics_host, ":", *metrics_port));
+  const char* transport = !options.tls.enabled()          ? "plaintext"
+                          : options.tls.client_ca.empty() ? "TLS"
+                                                          : "mutual TLS (client certificates required)";
+  Log(absl::StrCat("security: ", transport, ", ",
+                   authenticator.has_value() ? absl::StrCat(authenticator->size(), " bearer tokens")
+                                             : std::string("no authentication")));
+  if (authenticator.has_value() && !options.tls.enabled()) {
+    Log("warning: bearer tokens over plaintext can be read by anyone on the network path; use --tls_cert");
+  }
 
   int signal_number = 0;
   sigwait(&signals, &signal_number);

@@ -21,6 +21,10 @@ absl::Status CheckRange(absl::string_view flag, int64_t value, int64_t low, int6
   return absl::OkStatus();
 }
 
+bool ValidHost(const std::string& host) {
+  return !host.empty() && !absl::StrContains(host, " ") && !absl::StrContains(host, "/");
+}
+
 int64_t PhysicalMemoryBytes() {
   return static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * static_cast<int64_t>(sysconf(_SC_PAGESIZE));
 }
@@ -29,8 +33,12 @@ int64_t PhysicalMemoryBytes() {
 
 absl::Status ValidateOptions(const ServerOptions& o) {
   if (o.model_dir.empty()) return absl::InvalidArgumentError("--model_dir: empty");
-  if (o.host.empty() || absl::StrContains(o.host, " ") || absl::StrContains(o.host, "/")) {
+  if (!ValidHost(o.host)) {
     return absl::InvalidArgumentError(absl::StrCat("--host=\"", o.host, "\": expected an address such as 127.0.0.1"));
+  }
+  if (!o.metrics_host.empty() && !ValidHost(o.metrics_host)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--metrics_host=\"", o.metrics_host, "\": expected an address such as 127.0.0.1"));
   }
   struct Range {
     absl::string_view flag;

@@ -11,6 +11,7 @@
 #include "core/model/submodel.h"
 #include "core/plan/planner.h"
 #include "server/requests.h"
+#include "server/tls.h"
 
 namespace matformer::server {
 
@@ -20,6 +21,7 @@ struct ServerOptions {
   std::string host;
   int port = 0;
   int metrics_port = 0;
+  std::string metrics_host;  // empty: the same as host
   std::string tiers;
   std::string policy;
   std::string over_budget;
@@ -30,6 +32,9 @@ struct ServerOptions {
   RequestLimits limits;
   int64_t max_message_bytes = 0;
   absl::Duration drain_timeout;
+  // Security (SECURITY.md): TLS files, and the bearer tokens file (empty: no authentication).
+  TlsFlags tls;
+  std::string auth_tokens;
 };
 
 // Checks every flag against its limit before anything is loaded; the error

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "absl/status/status.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "core/model/submodel.h"
 #include "core/sampler.h"
@@ -15,6 +16,13 @@ namespace {
 // google.protobuf.Duration's documented range.
 constexpr int64_t kMaxDurationSeconds = 315576000000;
 constexpr int32_t kMaxDurationNanos = 999999999;
+
+// Client text quoted in an error message (and so in the log line): at most
+// 64 bytes, escaped, so a huge field cannot make a huge message.
+std::string Quoted(absl::string_view text) {
+  constexpr size_t kMaxShown = 64;
+  return absl::StrCat("\"", absl::CEscape(text.substr(0, kMaxShown)), text.size() > kMaxShown ? "...\"" : "\"");
+}
 
 absl::Status CheckUtf8(absl::string_view field, absl::string_view text) {
   if (!IsValidUtf8(text)) return absl::InvalidArgumentError(absl::StrCat(field, ": not valid UTF-8"));
@@ -130,8 +138,8 @@ absl::Status RequestBuilder::ApplyRouting(const Proto& proto, std::optional<absl
     if (tier == nullptr) {
       std::string known;
       for (const Tier& t : tiers_) absl::StrAppend(&known, known.empty() ? "" : ", ", t.name);
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tier: unknown tier \"", proto.tier(), "\" (known: ", known.empty() ? "no tiers configured" : known, ")"));
+      return absl::InvalidArgumentError(absl::StrCat("tier: unknown tier ", Quoted(proto.tier()), " (known: ",
+                                                     known.empty() ? "no tiers configured" : known, ")"));
     }
     request.tier = tier->name;
     request.priority = tier->priority;

@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <deque>
+#include <random>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
@@ -21,8 +22,16 @@ std::optional<absl::Time> CallDeadline(const grpc::CallbackServerContext& contex
   return absl::FromChrono(deadline);
 }
 
-// The tier as the client sent it, escaped: a rejected request's tier is arbitrary bytes.
-std::string TierField(const std::string& tier) { return tier.empty() ? "-" : absl::CEscape(tier); }
+// The tier as the client sent it, escaped and cut at 64 bytes: a rejected
+// request's tier is arbitrary bytes, up to --max_message_bytes of them.
+std::string TierField(const std::string& tier) {
+  constexpr size_t kMaxShown = 64;
+  if (tier.empty()) return "-";
+  return tier.size() > kMaxShown ? absl::StrCat(absl::CEscape(tier.substr(0, kMaxShown)), "...") : absl::CEscape(tier);
+}
+
+// " client=<name>" when the call was authenticated, else nothing.
+std::string ClientField(const std::string& client) { return client.empty() ? "" : absl::StrCat(" client=", client); }
 
 std::string Millis(absl::Duration duration) { return absl::StrFormat("%.1f", absl::ToDoubleMilliseconds(duration)); }
 
@@ -35,6 +44,7 @@ struct MatFormerService::CallRecord {
   std::string id;
   std::string method;
   std::string tier;
+  std::string client;  // the bearer token's name, when authentication is on
   ResolvedBudget budget;
   size_t prompt_tokens = 0;
   absl::Time last_delivery = absl::InfinitePast();
@@ -160,7 +170,9 @@ class MatFormerService::StreamCall : public grpc::ServerWriteReactor<v1::Generat
 MatFormerService::MatFormerService(const Dependencies& dependencies)
     : deps_(dependencies),
       builder_(deps_.engine->model(), *deps_.tiers, deps_.limits),
-      id_prefix_(absl::StrFormat("%x", absl::ToUnixSeconds(absl::Now()))) {}
+      // Start time plus random bits: replicas started in the same second
+      // still log distinct ids.
+      id_prefix_(absl::StrFormat("%x%04x", absl::ToUnixSeconds(absl::Now()), std::random_device()() & 0xffff)) {}
 
 std::shared_ptr<MatFormerService::CallRecord> MatFormerService::NewRecord(grpc::CallbackServerContext* context,
                                                                           absl::string_view method,
@@ -177,8 +189,9 @@ std::shared_ptr<MatFormerService::CallRecord> MatFormerService::NewRecord(grpc::
 void MatFormerService::Reject(const CallRecord& record, const absl::Status& status) {
   const grpc::Status grpc_status = ToGrpcStatus(status);
   deps_.metrics->RecordRequest(record.method, record.tier, grpc_status.error_code());
-  Log(absl::StrCat("request id=", record.id, " method=", record.method, " tier=", TierField(record.tier), " status=",
-                   GrpcCodeName(grpc_status.error_code()), " error=\"", absl::CEscape(status.message()), "\""));
+  Log(absl::StrCat("request id=", record.id, " method=", record.method, " tier=", TierField(record.tier),
+                   ClientField(record.client), " status=", GrpcCodeName(grpc_status.error_code()), " error=\"",
+                   absl::CEscape(status.message()), "\""));
 }
 
 void MatFormerService::Complete(const CallRecord& record, const SchedulerResult& result) {
@@ -188,7 +201,8 @@ void MatFormerService::Complete(const CallRecord& record, const SchedulerResult&
   const Timings& t = result.timings;
   std::string line =
       absl::StrCat("request id=", record.id, " method=", record.method, " tier=", TierField(record.tier),
-                   " spec=", result.plan.choice.spec.name(), " active_params=", result.plan.choice.spec.active_params(),
+                   ClientField(record.client), " spec=", result.plan.choice.spec.name(),
+                   " active_params=", result.plan.choice.spec.active_params(),
                    " budget_ms=", record.budget.budget.has_value() ? Millis(*record.budget.budget) : "-",
                    " budget_from=", BudgetSourceName(record.budget.source), " prompt_tokens=", record.prompt_tokens,
                    " new_tokens=", result.tokens.size(), " queue_ms=", Millis(t.queue),
@@ -204,6 +218,21 @@ void MatFormerService::ObserveTokens(CallRecord& record, size_t tokens) {
     deps_.metrics->RecordInterToken(record.tier, now - record.last_delivery, static_cast<int>(tokens));
   }
   if (tokens > 0) record.last_delivery = now;
+}
+
+absl::Status MatFormerService::CheckAccess(const grpc::CallbackServerContext& context,
+                                          std::optional<absl::string_view> tier, CallRecord* record) const {
+  if (deps_.authenticator == nullptr) return absl::OkStatus();
+  std::vector<absl::string_view> authorization;
+  const auto range = context.client_metadata().equal_range("authorization");
+  for (auto it = range.first; it != range.second; ++it) {
+    authorization.emplace_back(it->second.data(), it->second.size());
+  }
+  absl::StatusOr<const Principal*> principal = deps_.authenticator->Authenticate(authorization);
+  if (!principal.ok()) return principal.status();
+  if (record != nullptr) record->client = (*principal)->name;
+  if (tier.has_value()) return TokenAuthenticator::Authorize(**principal, *tier);
+  return absl::OkStatus();
 }
 
 absl::Status MatFormerService::Submit(grpc::CallbackServerContext* context, PreparedRequest prepared,
@@ -233,7 +262,9 @@ grpc::ServerUnaryReactor* MatFormerService::Generate(grpc::CallbackServerContext
                                                      v1::GenerateResponse* response) {
   std::shared_ptr<UnaryCall> call = UnaryCall::Create();
   std::shared_ptr<CallRecord> record = NewRecord(context, "Generate", request->tier());
-  absl::StatusOr<PreparedRequest> prepared = builder_.Generate(*request, CallDeadline(*context), absl::Now());
+  const absl::Status access = CheckAccess(*context, request->tier(), record.get());
+  absl::StatusOr<PreparedRequest> prepared =
+      access.ok() ? builder_.Generate(*request, CallDeadline(*context), absl::Now()) : access;
   if (!prepared.ok()) {
     Reject(*record, prepared.status());
     call->Finish(ToGrpcStatus(prepared.status()));
@@ -259,7 +290,9 @@ grpc::ServerWriteReactor<v1::GenerateStreamResponse>* MatFormerService::Generate
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
   std::shared_ptr<StreamCall> call = StreamCall::Create();
   std::shared_ptr<CallRecord> record = NewRecord(context, "GenerateStream", request->tier());
-  absl::StatusOr<PreparedRequest> prepared = builder_.Generate(*request, CallDeadline(*context), absl::Now());
+  const absl::Status access = CheckAccess(*context, request->tier(), record.get());
+  absl::StatusOr<PreparedRequest> prepared =
+      access.ok() ? builder_.Generate(*request, CallDeadline(*context), absl::Now()) : access;
   if (!prepared.ok()) {
     Reject(*record, prepared.status());
     call->Close(ToGrpcStatus(prepared.status()));
@@ -293,7 +326,9 @@ grpc::ServerUnaryReactor* MatFormerService::Score(grpc::CallbackServerContext* c
                                                   v1::ScoreResponse* response) {
   std::shared_ptr<UnaryCall> call = UnaryCall::Create();
   std::shared_ptr<CallRecord> record = NewRecord(context, "Score", request->tier());
-  absl::StatusOr<PreparedRequest> prepared = builder_.Score(*request, CallDeadline(*context), absl::Now());
+  const absl::Status access = CheckAccess(*context, request->tier(), record.get());
+  absl::StatusOr<PreparedRequest> prepared =
+      access.ok() ? builder_.Score(*request, CallDeadline(*context), absl::Now()) : access;
   if (!prepared.ok()) {
     Reject(*record, prepared.status());
     call->Finish(ToGrpcStatus(prepared.status()));
@@ -316,17 +351,19 @@ grpc::ServerUnaryReactor* MatFormerService::Score(grpc::CallbackServerContext* c
 grpc::ServerUnaryReactor* MatFormerService::GetModelInfo(grpc::CallbackServerContext* context,
                                                          const v1::GetModelInfoRequest* /*request*/,
                                                          v1::ModelInfo* response) {
-  *response = BuildModelInfo(*deps_.engine, *deps_.planner, *deps_.tiers, deps_.serving);
-  deps_.metrics->RecordRequest("GetModelInfo", "", grpc::StatusCode::OK);
+  const grpc::Status status = ToGrpcStatus(CheckAccess(*context, std::nullopt, nullptr));
+  if (status.ok()) *response = BuildModelInfo(*deps_.engine, *deps_.planner, *deps_.tiers, deps_.serving);
+  deps_.metrics->RecordRequest("GetModelInfo", "", status.error_code());
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(grpc::Status::OK);
+  reactor->Finish(status);
   return reactor;
 }
 
 grpc::ServerUnaryReactor* MatFormerService::Tokenize(grpc::CallbackServerContext* context,
                                                      const v1::TokenizeRequest* request,
                                                      v1::TokenizeResponse* response) {
-  absl::StatusOr<v1::TokenizeResponse> tokenized = builder_.Tokenize(*request);
+  const absl::Status access = CheckAccess(*context, std::nullopt, nullptr);
+  absl::StatusOr<v1::TokenizeResponse> tokenized = access.ok() ? builder_.Tokenize(*request) : access;
   if (tokenized.ok()) *response = *std::move(tokenized);
   const grpc::Status status = ToGrpcStatus(tokenized.status());
   deps_.metrics->RecordRequest("Tokenize", "", status.error_code());

@@ -14,6 +14,7 @@
 #include "core/sched/scheduler.h"
 #include "grpcpp/grpcpp.h"
 #include "matformer/v1/matformer.grpc.pb.h"
+#include "server/auth.h"
 #include "server/metrics.h"
 #include "server/requests.h"
 #include "server/responses.h"
@@ -33,6 +34,8 @@ class MatFormerService final : public v1::MatFormer::CallbackService {
     ServerMetrics* metrics;
     const std::vector<Tier>* tiers;
     RequestLimits limits;
+    // Bearer-token authentication (--auth_tokens); nullptr: every caller is let in.
+    const TokenAuthenticator* authenticator = nullptr;
     ServingDescription serving;
   };
   explicit MatFormerService(const Dependencies& dependencies);
@@ -61,6 +64,11 @@ class MatFormerService final : public v1::MatFormer::CallbackService {
   // Bookkeeping for a request the scheduler finished: metrics and the log line.
   void Complete(const CallRecord& record, const SchedulerResult& result);
   void ObserveTokens(CallRecord& record, size_t tokens);
+  // With an authenticator: UNAUTHENTICATED unless the call carries a known
+  // bearer token, PERMISSION_DENIED unless that token may use `tier` (when
+  // given; empty = no tier). Names the caller in `record` (if any).
+  absl::Status CheckAccess(const grpc::CallbackServerContext& context, std::optional<absl::string_view> tier,
+                           CallRecord* record) const;
   // Submits and links cancellation; on failure rejects (with a retry hint in
   // the trailers when shed) and returns the status.
   absl::Status Submit(grpc::CallbackServerContext* context, PreparedRequest prepared, RequestCallbacks callbacks,

@@ -1,12 +1,11 @@
 #include "server/tiers.h"
 
 #include <cmath>
-#include <fstream>
-#include <sstream>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
+#include "server/files.h"
 
 namespace matformer::server {
 namespace {
@@ -84,14 +83,10 @@ absl::StatusOr<std::vector<Tier>> ParseTiers(absl::string_view json_text, absl::
 }
 
 absl::StatusOr<std::vector<Tier>> LoadTiers(const std::string& path) {
-  std::ifstream file(path, std::ios::binary);
-  if (!file) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
-  std::stringstream text;
-  text << file.rdbuf();
-  if (text.str().size() > kMaxFileBytes) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": larger than ", kMaxFileBytes, " bytes"));
-  }
-  return ParseTiers(text.str(), path);
+  // Bounded before reading: --tiers=/dev/zero must fail, not fill memory.
+  absl::StatusOr<std::string> text = ReadBoundedFile(path, kMaxFileBytes);
+  if (!text.ok()) return absl::Status(text.status().code(), absl::StrCat(path, ": ", text.status().message()));
+  return ParseTiers(*text, path);
 }
 
 const Tier* FindTier(const std::vector<Tier>& tiers, absl::string_view name) {

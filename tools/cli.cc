@@ -3,12 +3,16 @@
 //   matformer-cli score --prompt "In the beginning" --continuation " God created"
 //   matformer-cli info | health | tokenize --prompt "text" | tokenize --prompt_ids=2,45,7
 // --json prints responses in the proto3 JSON mapping (one object per line).
+// TLS: --tls_ca=ca.pem (+ --tls_cert/--tls_key for mutual TLS); auth: --token_file=FILE or --token=T.
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
+#include <iterator>
 #include <memory>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -22,6 +26,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "google/protobuf/util/json_util.h"
@@ -50,6 +55,16 @@ ABSL_FLAG(std::vector<std::string>, stop, {}, "Stop sequences, comma-separated")
 ABSL_FLAG(std::optional<absl::Duration>, deadline, std::nullopt, "gRPC deadline of the call, e.g. 2s");
 ABSL_FLAG(bool, json, false, "Print responses as JSON (proto3 JSON mapping)");
 ABSL_FLAG(std::string, service, "", "health: the service to check; empty: the whole server");
+// Security (SECURITY.md).
+ABSL_FLAG(bool, tls, false, "Connect with TLS, trusting the system's root CAs (implied by --tls_ca and --tls_cert)");
+ABSL_FLAG(std::string, tls_ca, "", "PEM CA certificate(s) to verify the server's certificate with; implies TLS");
+ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate, for a server that requires one (mutual TLS)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_server_name, "",
+          "Name the server's certificate must carry, when it differs from the --target host");
+ABSL_FLAG(std::string, token, "", "Bearer token, sent as call metadata 'authorization: Bearer <token>'");
+ABSL_FLAG(std::string, token_file, "",
+          "File holding the bearer token (surrounding whitespace ignored): keeps it out of the process list");
 
 namespace matformer::cli {
 namespace {
@@ -91,8 +106,57 @@ absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& flag, const std
   return ids;
 }
 
+absl::StatusOr<std::string> ReadFlagFile(absl::string_view flag, const std::string& path) {
+  std::ifstream file(path, std::ios::binary);
+  if (!file.is_open()) return absl::InvalidArgumentError(absl::StrCat("--", flag, "=", path, ": cannot open"));
+  std::string text((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  if (file.bad()) return absl::InvalidArgumentError(absl::StrCat("--", flag, "=", path, ": cannot read"));
+  return text;
+}
+
+// The channel's credentials from the TLS flags: plaintext when none is set.
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials() {
+  const std::string ca = absl::GetFlag(FLAGS_tls_ca);
+  const std::string cert = absl::GetFlag(FLAGS_tls_cert);
+  const std::string key = absl::GetFlag(FLAGS_tls_key);
+  if (cert.empty() != key.empty()) {
+    return absl::InvalidArgumentError("--tls_cert and --tls_key: set both or neither");
+  }
+  if (!absl::GetFlag(FLAGS_tls) && ca.empty() && cert.empty()) return grpc::InsecureChannelCredentials();
+  grpc::SslCredentialsOptions options;  // empty pem_root_certs: the system's roots
+  for (const auto& [flag, path, pem] : {std::tuple("tls_ca", ca, &options.pem_root_certs),
+                                        std::tuple("tls_cert", cert, &options.pem_cert_chain),
+                                        std::tuple("tls_key", key, &options.pem_private_key)}) {
+    if (path.empty()) continue;
+    absl::StatusOr<std::string> text = ReadFlagFile(flag, path);
+    if (!text.ok()) return text.status();
+    *pem = *std::move(text);
+  }
+  return grpc::SslCredentials(options);
+}
+
+// "Bearer <token>" from --token or --token_file; empty when neither is set.
+absl::StatusOr<std::string> Authorization() {
+  std::string token = absl::GetFlag(FLAGS_token);
+  const std::string file = absl::GetFlag(FLAGS_token_file);
+  if (!token.empty() && !file.empty()) return absl::InvalidArgumentError("--token and --token_file: set one");
+  if (!file.empty()) {
+    absl::StatusOr<std::string> text = ReadFlagFile("token_file", file);
+    if (!text.ok()) return text.status();
+    token = std::string(absl::StripAsciiWhitespace(*text));
+    if (token.empty()) return absl::InvalidArgumentError(absl::StrCat("--token_file=", file, ": empty"));
+  }
+  return token.empty() ? "" : absl::StrCat("Bearer ", token);
+}
+
+std::string& AuthorizationHeader() {
+  static std::string header;
+  return header;
+}
+
 std::unique_ptr<grpc::ClientContext> NewContext() {
   auto context = std::make_unique<grpc::ClientContext>();
+  if (!AuthorizationHeader().empty()) context->AddMetadata("authorization", AuthorizationHeader());
   if (const std::optional<absl::Duration> deadline = absl::GetFlag(FLAGS_deadline); deadline.has_value()) {
     context->set_deadline(absl::ToChronoTime(absl::Now() + *deadline));
   }
@@ -291,8 +355,17 @@ int Health(const std::shared_ptr<grpc::Channel>& channel) {
 }
 
 int Run(const std::string& command) {
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials = ChannelCredentials();
+  if (!credentials.ok()) return UsageError(std::string(credentials.status().message()));
+  absl::StatusOr<std::string> authorization = Authorization();
+  if (!authorization.ok()) return UsageError(std::string(authorization.status().message()));
+  AuthorizationHeader() = *std::move(authorization);
+  grpc::ChannelArguments arguments;
+  if (!absl::GetFlag(FLAGS_tls_server_name).empty()) {
+    arguments.SetSslTargetNameOverride(absl::GetFlag(FLAGS_tls_server_name));
+  }
   const std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateChannel(absl::GetFlag(FLAGS_target), grpc::InsecureChannelCredentials());
+      grpc::CreateCustomChannel(absl::GetFlag(FLAGS_target), *credentials, arguments);
   if (command == "health") return Health(channel);
   const std::unique_ptr<v1::MatFormer::Stub> stub = v1::MatFormer::NewStub(channel);
   if (command == "generate") return Generate(*stub);

@@ -24,6 +24,10 @@ def parse_args():
     parser.add_argument("--stubs_dir", required=True, help="directory of the generated Python stubs")
     parser.add_argument("--target", default="127.0.0.1:50051", help="server host:port")
     parser.add_argument("--timeout", type=float, default=None, help="call deadline in seconds")
+    parser.add_argument("--tls_ca", help="PEM CA certificate(s) of the server's certificate; turns TLS on")
+    parser.add_argument("--tls_cert", help="PEM client certificate (mutual TLS)")
+    parser.add_argument("--tls_key", help="PEM private key of --tls_cert")
+    parser.add_argument("--token_file", help="file holding a bearer token (sent as 'authorization: Bearer ...')")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def add_routing(command):
@@ -76,7 +80,23 @@ def main():
     def emit(message):
         print(json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True)), flush=True)
 
-    with grpc.insecure_channel(args.target) as channel:
+    def read(path):
+        with open(path, "rb") as f:
+            return f.read()
+
+    # Every call carries the deadline and, with --token_file, the bearer token (SECURITY.md).
+    call = {"timeout": args.timeout}
+    if args.token_file:
+        call["metadata"] = [("authorization", "Bearer " + read(args.token_file).decode().strip())]
+    if args.tls_ca:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=read(args.tls_ca),
+            private_key=read(args.tls_key) if args.tls_key else None,
+            certificate_chain=read(args.tls_cert) if args.tls_cert else None)
+        channel = grpc.secure_channel(args.target, credentials)
+    else:
+        channel = grpc.insecure_channel(args.target)
+    with channel:
         stub = pb_grpc.MatFormerStub(channel)
         try:
             if args.command == "generate":
@@ -87,18 +107,18 @@ def main():
                     request.max_new_tokens = args.max_new_tokens
                 set_routing(request, args)
                 if args.stream:
-                    for message in stub.GenerateStream(request, timeout=args.timeout):
+                    for message in stub.GenerateStream(request, **call):
                         emit(message)
                 else:
-                    emit(stub.Generate(request, timeout=args.timeout))
+                    emit(stub.Generate(request, **call))
             elif args.command == "score":
                 request = pb.ScoreRequest(text=args.prompt, continuation_text=args.continuation)
                 set_routing(request, args)
-                emit(stub.Score(request, timeout=args.timeout))
+                emit(stub.Score(request, **call))
             elif args.command == "info":
-                emit(stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=args.timeout))
+                emit(stub.GetModelInfo(pb.GetModelInfoRequest(), **call))
             elif args.command == "health":
-                response = health_grpc.HealthStub(channel).Check(health_pb.HealthCheckRequest(), timeout=args.timeout)
+                response = health_grpc.HealthStub(channel).Check(health_pb.HealthCheckRequest(), **call)
                 emit(response)
                 return 0 if response.status == health_pb.HealthCheckResponse.SERVING else 1
             elif args.command == "tokenize":
@@ -106,7 +126,7 @@ def main():
                     request = pb.TokenizeRequest(text=args.text)
                 else:
                     request = pb.TokenizeRequest(token_ids=pb.TokenIds(ids=[int(i) for i in args.ids.split(",")]))
-                emit(stub.Tokenize(request, timeout=args.timeout))
+                emit(stub.Tokenize(request, **call))
         except grpc.RpcError as error:
             print(f"python_client: {error.code().name}: {error.details()}", file=sys.stderr)
             return 1

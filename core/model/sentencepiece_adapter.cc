@@ -13,11 +13,17 @@
 namespace matformer::spm {
 namespace {
 
-// RTLD_DEEPBIND keeps SentencePiece on its own protobuf copy. The sanitizer
-// runtimes refuse it, so sanitizer builds bind it like any library: fine for
-// the engine and its tests, but a sanitizer build of the gRPC server (which
-// also loads libprotobuf) cannot load a tokenizer.
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+// RTLD_DEEPBIND keeps SentencePiece on its own protobuf copy. The ASan and
+// TSan runtimes refuse it, so those builds bind it like any library: fine for
+// the engine and its tests, but such a build of the gRPC server (which also
+// loads libprotobuf) cannot load a tokenizer. GCC defines __SANITIZE_*__;
+// clang (the fuzz build) only answers __has_feature. UBSan alone accepts it.
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define MATFORMER_NO_DEEPBIND 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__) || defined(MATFORMER_NO_DEEPBIND)
 constexpr int kDlopenFlags = RTLD_NOW | RTLD_LOCAL;
 #else
 constexpr int kDlopenFlags = RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND;
