@@ -16,13 +16,14 @@ BUILD_PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libdnnl-dev opencl-c-headers ocl-icd-opencl-dev libabsl-dev prometheus-cpp-dev libsentencepiece-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  # security: OpenSSL's libcrypto (PEM checks, token digests)
-  libssl-dev
+  # security: OpenSSL's libcrypto (PEM checks, token digests); the openssl
+  # command makes the TLS tests' certificates (CMake looks for it when it
+  # configures tests/, which the image's build stage does too)
+  libssl-dev openssl
 )
 TEST_PACKAGES=(
-  # the openssl command (test certificates); fuzzing: clang with libFuzzer and
-  # the sanitizer runtimes, and clang's OpenMP
-  openssl clang-14 libclang-rt-14-dev libomp-14-dev
+  # fuzzing: clang with libFuzzer and the sanitizer runtimes, and clang's OpenMP
+  clang-14 libclang-rt-14-dev libomp-14-dev
   # Python: reference implementation, training, parity tests, example client
   python3 python3-torch python3-numpy python3-sentencepiece libopenblas0-pthread sentencepiece
   python3-grpcio python3-protobuf
