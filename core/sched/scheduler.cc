@@ -18,7 +18,6 @@ constexpr absl::string_view kReplacementCharacter = "\xEF\xBF\xBD";
 // budgets would rather it took none.
 constexpr int64_t kMinPrefillChunk = 16;
 
-
 absl::Time Now() { return absl::Now(); }
 
 }  // namespace
@@ -61,16 +60,19 @@ Scheduler::~Scheduler() {
   thread_.join();
 }
 
-Scheduler::RunningRow Scheduler::Describe(const Active& active) const {
-  RunningRow row{.spec = active.spec(), .target = std::nullopt, .remaining_steps = 0};
-  if (active.request.budget.has_value()) row.target = active.arrival + *active.request.budget;
-  const int64_t prefill_left = static_cast<int64_t>(active.feed.empty() ? active.request.prompt.size() +
-                                                                              active.request.continuation.size()
-                                                                        : active.feed.size() - active.fed);
+int Scheduler::RemainingSteps(const Active& active) const {
+  const int64_t prefill_left = static_cast<int64_t>(
+      active.feed.empty() ? active.request.prompt.size() + active.request.continuation.size()
+                          : active.feed.size() - active.fed);
   const int64_t decode_left =
       active.scoring() ? 0 : active.request.max_new_tokens - static_cast<int64_t>(active.result.tokens.size());
-  row.remaining_steps =
-      static_cast<int>((prefill_left + options_.prefill_chunk - 1) / options_.prefill_chunk + std::max<int64_t>(0, decode_left - 1));
+  return static_cast<int>((prefill_left + options_.prefill_chunk - 1) / options_.prefill_chunk +
+                          std::max<int64_t>(0, decode_left - 1));
+}
+
+Scheduler::RunningRow Scheduler::Describe(const Active& active) const {
+  RunningRow row{.spec = active.spec(), .target = std::nullopt, .remaining_steps = RemainingSteps(active)};
+  if (active.request.budget.has_value()) row.target = active.arrival + *active.request.budget;
   return row;
 }
 
@@ -104,7 +106,7 @@ DecodeStep ComposeDecodeStep(const std::vector<DecodeCandidate>& candidates, con
 
 absl::Duration Scheduler::TimePerRemainingStep(const Active& active, absl::Time now) const {
   if (!active.request.budget.has_value()) return absl::InfiniteDuration();
-  const int remaining = std::max(1, Describe(active).remaining_steps);
+  const int remaining = std::max(1, RemainingSteps(active));
   return (active.arrival + *active.request.budget - now) / remaining;
 }
 

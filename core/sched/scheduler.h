@@ -152,6 +152,8 @@ class Scheduler {
   void EmitText(Active& active, bool final);
   void Finish(std::unique_ptr<Active> active, absl::Status status);
   void Compact();
+  // Prefill chunks + decode steps the request still has to run.
+  int RemainingSteps(const Active& active) const;
   RunningRow Describe(const Active& active) const;
   LoadSnapshot Load() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Earliest-deadline step composition and SLO-aware chunked prefill: the
