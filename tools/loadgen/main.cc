@@ -320,10 +320,12 @@ class Run {
     }
     if (options_.progress) PrintProgress(absl::Now() - start);
     absl::MutexLock lock(&mu_);
-    sent_including_warmup_ = sent_;
     return std::move(records_);
   }
-  int64_t sent_including_warmup() const { return sent_including_warmup_; }
+  int64_t sent_including_warmup() {
+    absl::MutexLock lock(&mu_);
+    return sent_;
+  }
 
   void Finished(Call* call, RequestRecord record, bool measured) {
     absl::MutexLock lock(&mu_);
@@ -378,7 +380,6 @@ class Run {
   const ServerFacts& facts_;
   v1::MatFormer::Stub& stub_;
   const double rate_;
-  int64_t sent_including_warmup_ = 0;
   std::mt19937_64 rng_;
   std::discrete_distribution<size_t> pick_tier_;
   absl::Time measure_from_;
