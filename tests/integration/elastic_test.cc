@@ -183,6 +183,36 @@ TEST_F(DefaultModelTest, UnderLoadTheSameBudgetGetsASmallerSubmodel) {
                                   << testing::PrintToString(idle) << ", loaded " << testing::PrintToString(loaded);
 }
 
+// Bad flags and mix files stop the load generator before it connects, naming
+// the flag and its limit.
+TEST(LoadgenTest, BadFlagsNameTheFlagAndTheLimit) {
+  struct Case {
+    std::vector<std::string> flags;
+    std::string expected;
+  };
+  const std::vector<Case> cases = {
+      {{"--mode=burst"}, "--mode: must be open or closed"},
+      {{"--arrivals=uniform"}, "--arrivals: must be poisson or constant"},
+      {{"--rate=0"}, "--rate: must be in (0, 10000]"},
+      {{"--concurrency=0"}, "--concurrency: must be in [1, 10000]"},
+      {{"--duration_s=-1"}, "--duration_s: must be in (0, 86400]"},
+      {{"--warmup_s=4000"}, "--warmup_s: must be in [0, 3600]"},
+      {{"--drain_s=-1"}, "--drain_s: must be in [0, 3600]"},
+      {{"--sweep_attainment=1.5"}, "--sweep_attainment: must be in (0, 1]"},
+      {{"--sweep_rates=4,2"}, "--sweep_rates: must be ascending rates in (0, 10000]; got '2'"},
+      {{"--sweep_rates=4", "--mode=closed"}, "--sweep_rates: must be used with --mode=open"},
+      {{"--mix=/nonexistent/mix.json"}, "--mix=/nonexistent/mix.json: cannot open"},
+  };
+  for (const Case& c : cases) {
+    std::vector<std::string> argv = {MATFORMER_LOADGEN_BINARY, "--target=127.0.0.1:1",
+                                     std::string("--mix=") + MATFORMER_SOURCE_DIR + "/deploy/loadgen/mix.json"};
+    argv.insert(argv.end(), c.flags.begin(), c.flags.end());
+    const CommandResult result = RunCommand(argv, absl::Seconds(60));
+    EXPECT_EQ(result.exit_code, 2) << c.expected << ": " << result.output;
+    EXPECT_NE(result.output.find(c.expected), std::string::npos) << c.expected << ": " << result.output;
+  }
+}
+
 // The load generator against a real server: a short open-loop run whose
 // report accounts for every request it sent, and agrees with the server.
 TEST(LoadgenTest, ReportAccountsForEveryRequest) {
