@@ -25,31 +25,6 @@ struct AttentionTask {
   int64_t begin, end;  // the sequence's new tokens [begin, end)
 };
 
-// scores[slot] = scale * query · key[slot] for the slots of one key tile
-// ([head_dim][block_tokens]): vector FMAs across slots, no horizontal sums.
-// The server's 16-slot blocks get a version whose sums stay in registers.
-void ScoreBlock(const float* query, const float* key_tile, int head_dim, int block_tokens, float scale,
-                float* scores) {
-  if (block_tokens == 16) {
-    float sums[16] = {};
-    for (int j = 0; j < head_dim; ++j) {
-      const float qj = query[j] * scale;
-      const float* keys_j = key_tile + j * 16;
-#pragma omp simd
-      for (int slot = 0; slot < 16; ++slot) sums[slot] += qj * keys_j[slot];
-    }
-    std::copy_n(sums, 16, scores);
-    return;
-  }
-  std::fill_n(scores, block_tokens, 0.0f);
-  for (int j = 0; j < head_dim; ++j) {
-    const float qj = query[j] * scale;
-    const float* keys_j = key_tile + static_cast<int64_t>(j) * block_tokens;
-#pragma omp simd
-    for (int slot = 0; slot < block_tokens; ++slot) scores[slot] += qj * keys_j[slot];
-  }
-}
-
 }  // namespace
 
 // Activation buffers of one step, grown to the largest step seen and reused.
@@ -263,7 +238,7 @@ void Engine::RunLayer(int layer, absl::Span<const StepInput> inputs, const std::
         for (int h = 0; h < heads_per_kv; ++h) {
           const int64_t query_index = (t - task.begin) * heads_per_kv + h;
           const float* query = q + r * q_dim + (task.kv_head * heads_per_kv + h) * hd;
-          ScoreBlock(query, key_tile, hd, block_tokens, score_scale, scores.data());
+          ScoreKeyTile(query, key_tile, hd, block_tokens, score_scale, scores.data());
           float block_max = -INFINITY;
           for (int64_t slot = 0; slot < visible; ++slot) block_max = std::max(block_max, scores[slot]);
           const float new_max = std::max(running_max[query_index], block_max);

@@ -41,7 +41,9 @@ absl::Status Run() {
   const int prefill = absl::GetFlag(FLAGS_prefill) > 0 ? absl::GetFlag(FLAGS_prefill) : static_cast<int>(tokens.size());
   if (prefill > static_cast<int>(tokens.size())) return absl::InvalidArgumentError("--prefill exceeds --tokens");
 
-  matformer::gemma3n::KvCache cache;
+  const std::unique_ptr<matformer::KvPool> pool =
+      model->NewKvPool((static_cast<int64_t>(tokens.size()) + 15) / 16, 16);
+  matformer::gemma3n::KvCache cache(pool.get());
   const auto span = absl::MakeConstSpan(tokens);
   MF_ASSIGN_OR_RETURN(std::vector<float> all, model->Forward(slice, span.subspan(0, prefill), cache, {.all_logits = true}));
   for (size_t t = prefill; t < tokens.size(); ++t) {

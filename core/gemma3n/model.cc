@@ -123,6 +123,7 @@ struct Segment {
   int64_t start = 0;             // position of the first row
   KvCache* cache = nullptr;
   int source = 0;                // the layer whose K/V the sequence reads here
+  int source_pool_layer = 0;     // where the source's K/V live in the KV pool
 };
 
 // Gemma3nTextScaledWordEmbedding: E[t] * sqrt(d).
@@ -258,30 +259,32 @@ void Attention(const Config& c, const LayerWeights& lw, int layer, const float* 
       }
       ApplyRope(&a.k[t * kv_dim], KV, hd, position, inv_freq);
     }
-    KvCache& cache = *segment.cache;
+    KvSequence& kv = segment.cache->kv;
+    KvPool& pool = kv.pool();
+    const int block_tokens = pool.block_tokens();
     if (segment.source == layer) {
-      const auto rows = [&](const std::vector<float>& x) {
-        return std::make_pair(x.begin() + segment.begin * kv_dim, x.begin() + (segment.begin + segment.count) * kv_dim);
-      };
-      cache.k[layer].insert(cache.k[layer].end(), rows(a.k).first, rows(a.k).second);
-      cache.v[layer].insert(cache.v[layer].end(), rows(a.v).first, rows(a.v).second);
+      for (int64_t i = 0; i < segment.count; ++i) {
+        const int64_t t = segment.begin + i, position = segment.start + i;
+        for (int h = 0; h < KV; ++h) {
+          pool.Write(kv.BlockOf(position), segment.source_pool_layer, h, kv.SlotOf(position), &a.k[t * kv_dim + h * hd],
+                     &a.v[t * kv_dim + h * hd]);
+        }
+      }
     }
-    const std::vector<float>& keys = cache.k[segment.source];
-    const std::vector<float>& values = cache.v[segment.source];
     for (int64_t i = 0; i < segment.count; ++i) {
       const int64_t t = segment.begin + i, position = segment.start + i;
       const int64_t first = sliding ? std::max<int64_t>(0, position - c.sliding_window + 1) : 0;
+      const int64_t first_block_start = first - first % block_tokens;
       for (int h = 0; h < H; ++h) {
         const float* query = &a.q[t * q_dim + h * hd];
-        const int64_t kv_offset = int64_t{h / group} * hd;
-        float max_score = -INFINITY;
-        for (int64_t j = first; j <= position; ++j) {
-          const float* key = &keys[j * kv_dim + kv_offset];
-          float dot = 0;
-          for (int e = 0; e < hd; ++e) dot += query[e] * key[e];
-          scores[j] = dot;
-          max_score = std::max(max_score, dot);
+        const int kv_head = h / group;
+        // scores[j] for every slot of the blocks holding [first, position].
+        for (int64_t block_start = first_block_start; block_start <= position; block_start += block_tokens) {
+          ScoreKeyTile(query, pool.KeyTile(kv.BlockOf(block_start), segment.source_pool_layer, kv_head), hd,
+                       block_tokens, 1.0f, &scores[block_start]);
         }
+        float max_score = -INFINITY;
+        for (int64_t j = first; j <= position; ++j) max_score = std::max(max_score, scores[j]);
         double total = 0;
         for (int64_t j = first; j <= position; ++j) {
           scores[j] = std::exp(scores[j] - max_score);
@@ -292,7 +295,8 @@ void Attention(const Config& c, const LayerWeights& lw, int layer, const float* 
         const float inv_total = static_cast<float>(1.0 / total);
         for (int64_t j = first; j <= position; ++j) {
           const float p = scores[j] * inv_total;
-          const float* value = &values[j * kv_dim + kv_offset];
+          const float* value =
+              pool.ValueTile(kv.BlockOf(j), segment.source_pool_layer, kv_head) + int64_t{kv.SlotOf(j)} * hd;
           for (int e = 0; e < hd; ++e) out[e] += p * value[e];
         }
       }
@@ -477,10 +481,18 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& directory,
   const Config& c = model->config_;
   model->inv_freq_full_ = InverseFrequencies(c.rope_theta_full, c.head_dim);
   model->inv_freq_sliding_ = InverseFrequencies(c.rope_theta_sliding, c.head_dim);
+  MF_ASSIGN_OR_RETURN(const std::vector<int> sources, KvSourceLayers(c, std::vector<bool>(c.num_layers, false)));
+  for (int l = 0; l < c.num_layers; ++l) {
+    model->kv_pool_layer_.push_back(sources[l] == l ? model->num_kv_layers_++ : -1);
+  }
   for (double sparsity : c.activation_sparsity) {
     model->sparsity_z_.push_back(sparsity > 0 ? static_cast<float>(NormalQuantile(sparsity)) : 0.0f);
   }
   return model;
+}
+
+std::unique_ptr<KvPool> Model::NewKvPool(int64_t num_blocks, int block_tokens) const {
+  return std::make_unique<KvPool>(num_kv_layers_, config_.num_kv_heads, config_.head_dim, block_tokens, num_blocks);
 }
 
 absl::StatusOr<Slice> Model::MakeSlice(const std::vector<int64_t>& widths_of_kept_layers,
@@ -500,6 +512,11 @@ absl::Status Model::CheckInput(const StepInput& input) const {
   if (input.slice == nullptr || input.cache == nullptr) return absl::InvalidArgumentError("Step: no slice or cache");
   const Slice& slice = *input.slice;
   const KvCache& cache = *input.cache;
+  const KvPool& pool = cache.kv.pool();
+  if (pool.num_layers() != num_kv_layers_ || pool.num_kv_heads() != c.num_kv_heads ||
+      pool.head_dim() != c.head_dim) {
+    return absl::InvalidArgumentError("Step: the KV cache's pool was not made by this model's NewKvPool");
+  }
   const int64_t T = static_cast<int64_t>(input.tokens.size());
   if (T == 0) return absl::InvalidArgumentError("Step: no tokens");
   if (static_cast<int>(slice.ffn_width.size()) != L || static_cast<int>(slice.skipped.size()) != L ||
@@ -511,8 +528,8 @@ absl::Status Model::CheckInput(const StepInput& input) const {
       return absl::InvalidArgumentError(absl::StrCat("Step: token ", token, " outside [0, ", c.vocab_size, ")"));
     }
   }
-  if (cache.length + T > c.max_position_embeddings) {
-    return absl::OutOfRangeError(absl::StrCat("Step: ", cache.length + T, " positions exceed max_position_embeddings ",
+  if (cache.length() + T > c.max_position_embeddings) {
+    return absl::OutOfRangeError(absl::StrCat("Step: ", cache.length() + T, " positions exceed max_position_embeddings ",
                                               c.max_position_embeddings));
   }
   // A slice made for another config could name K/V sources this model's
@@ -529,7 +546,7 @@ absl::Status Model::CheckInput(const StepInput& input) const {
                                                      slice.ffn_width[l], " is not a slab boundary of this model"));
     }
   }
-  if (!(cache.length == 0 && cache.kv_source.empty()) && cache.kv_source != slice.kv_source) {
+  if (!(cache.length() == 0 && cache.kv_source.empty()) && cache.kv_source != slice.kv_source) {
     return absl::FailedPreconditionError(absl::StrCat(
         "Step: slice '", slice.name, "' skips other layers than the slice that filled this KV cache"));
   }
@@ -554,6 +571,12 @@ absl::StatusOr<std::vector<float>> Model::Step(absl::Span<const StepInput> input
                                                    " floats per token, this model needs ", L * dp));
   }
 
+  // K/V room for every input's new positions; a failure leaves only unused
+  // capacity behind.
+  for (const StepInput& input : inputs) {
+    MF_RETURN_IF_ERROR(input.cache->kv.Reserve(input.cache->length() + static_cast<int64_t>(input.tokens.size())));
+  }
+
   // Rows: the tokens of every input, in input order.
   std::vector<int64_t> row_begin;
   std::vector<int32_t> tokens;
@@ -561,14 +584,11 @@ absl::StatusOr<std::vector<float>> Model::Step(absl::Span<const StepInput> input
   for (const StepInput& input : inputs) {
     row_begin.push_back(static_cast<int64_t>(tokens.size()));
     tokens.insert(tokens.end(), input.tokens.begin(), input.tokens.end());
-    max_context = std::max<int64_t>(max_context, input.cache->length + static_cast<int64_t>(input.tokens.size()));
+    // Attention scores whole key tiles: room up to the end of the last block.
+    max_context = std::max<int64_t>(max_context, input.cache->kv.capacity());
     for (int64_t width : input.slice->ffn_width) max_ffn = std::max(max_ffn, width);
     KvCache& cache = *input.cache;
-    if (cache.length == 0 && cache.kv_source.empty()) {
-      cache.kv_source = input.slice->kv_source;
-      cache.k.assign(L, {});
-      cache.v.assign(L, {});
-    }
+    if (cache.length() == 0 && cache.kv_source.empty()) cache.kv_source = input.slice->kv_source;
   }
   const int64_t R = static_cast<int64_t>(tokens.size());
 
@@ -593,8 +613,13 @@ absl::StatusOr<std::vector<float>> Model::Step(absl::Span<const StepInput> input
     for (size_t s : order) {
       const StepInput& input = inputs[s];
       const int64_t count = static_cast<int64_t>(input.tokens.size());
-      segments.push_back({.begin = static_cast<int64_t>(rows.size()), .count = count, .start = input.cache->length,
-                          .cache = input.cache, .source = input.slice->kv_source[l]});
+      const int source = input.slice->kv_source[l];
+      segments.push_back({.begin = static_cast<int64_t>(rows.size()),
+                          .count = count,
+                          .start = input.cache->length(),
+                          .cache = input.cache,
+                          .source = source,
+                          .source_pool_layer = kv_pool_layer_[source]});
       for (int64_t i = 0; i < count; ++i) {
         rows.push_back(row_begin[s] + i);
         row_width.push_back(input.slice->ffn_width[l]);
@@ -619,7 +644,7 @@ absl::StatusOr<std::vector<float>> Model::Step(absl::Span<const StepInput> input
   for (size_t s = 0; s < inputs.size(); ++s) {
     const int64_t count = static_cast<int64_t>(inputs[s].tokens.size());
     for (int64_t i = inputs[s].all_logits ? 0 : count - 1; i < count; ++i) logit_rows.push_back(row_begin[s] + i);
-    inputs[s].cache->length += count;
+    inputs[s].cache->kv.set_length(inputs[s].cache->length() + count);
   }
   return Logits(c, weights_, state, R, logit_rows);
 }

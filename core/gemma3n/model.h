@@ -12,19 +12,23 @@
 #include "core/gemma3n/config.h"
 #include "core/gemma3n/slicing.h"
 #include "core/gemma3n/weights.h"
+#include "core/kv/kv_cache.h"
 #include "core/model/tokenizer.h"
 #include "core/ple/ple_cache.h"
 
 namespace matformer::gemma3n {
 
-// The K/V of one sequence: for every layer that owns K/V under the sequence's
-// slice, the RMS-normed, RoPE'd keys and the normed values of every position
-// so far, [position][kv_heads * head_dim]. KV-shared layers read their source
-// layer's rows; sliding layers mask to their window at attention time.
+// The K/V of one sequence, paged in blocks of a KvPool made by
+// Model::NewKvPool (the engine's pool: keys transposed per block tile): for
+// every layer that owns K/V under the sequence's slice, the RMS-normed,
+// RoPE'd keys and the normed values of every position so far. KV-shared
+// layers read their source layer's blocks; sliding layers mask to their
+// window at attention time. The blocks return to the pool when it is destroyed.
 struct KvCache {
-  int64_t length = 0;
-  std::vector<int> kv_source;              // the slice's sources, fixed by the first step
-  std::vector<std::vector<float>> k, v;    // [layer]; empty for layers that do not own K/V
+  explicit KvCache(KvPool* pool) : kv(pool) {}
+  KvSequence kv;               // kv.length(): positions stored
+  std::vector<int> kv_source;  // the slice's sources, fixed by the first step
+  int64_t length() const { return kv.length(); }
 };
 
 // Called with the AltUp streams [N][R][d] of the R rows of a step (the
@@ -70,6 +74,14 @@ class Model {
   // none (token ids still work).
   const Tokenizer* tokenizer() const { return tokenizer_.get(); }
 
+  // A pool of `num_blocks` KV blocks of `block_tokens` positions for this
+  // model's caches: one pool layer per layer that owns K/V in the full model
+  // (a slice's owners are a subset: skipping never moves a K/V source).
+  std::unique_ptr<KvPool> NewKvPool(int64_t num_blocks, int block_tokens = 16) const;
+  // Pool layers of NewKvPool: how many, and which one holds layer l's K/V (-1: none).
+  int num_kv_layers() const { return num_kv_layers_; }
+  int kv_pool_layer(int layer) const { return kv_pool_layer_[layer]; }
+
   // A slice of this model (Slice::Create with the model's FFN granule).
   absl::StatusOr<Slice> MakeSlice(const std::vector<int64_t>& widths_of_kept_layers,
                                   const std::vector<int>& skipped_layers, std::string name = "") const;
@@ -77,7 +89,8 @@ class Model {
   // Runs `tokens` at positions cache.length, cache.length + 1, ... through
   // `slice`, appends their K/V to `cache`, and returns the soft-capped
   // logits: [T, V] row-major if options.all_logits, else the last token's
-  // [V]. A cache keeps the skipped layers of its first step's slice; FFN
+  // [V]. The cache's blocks are reserved first (ResourceExhausted when its
+  // pool is short). A cache keeps the skipped layers of its first step's slice; FFN
   // widths may change from step to step (they do not touch K/V). On an error
   // nothing has changed.
   absl::StatusOr<std::vector<float>> Forward(const Slice& slice, absl::Span<const int32_t> tokens, KvCache& cache,
@@ -99,6 +112,8 @@ class Model {
   std::unique_ptr<Tokenizer> tokenizer_;
   Weights weights_;
   std::vector<float> inv_freq_full_, inv_freq_sliding_;  // RoPE, head_dim / 2 each
+  std::vector<int> kv_pool_layer_;  // per layer; -1 for KV-shared layers
+  int num_kv_layers_ = 0;
   std::vector<float> sparsity_z_;  // per layer: standard normal quantile of its sparsity (0 = dense)
 
   absl::Status CheckInput(const StepInput& input) const;

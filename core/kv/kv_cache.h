@@ -20,6 +20,9 @@ class KvPool {
  public:
   KvPool(int num_layers, int num_kv_heads, int head_dim, int block_tokens, int64_t num_blocks);
 
+  int num_layers() const { return num_layers_; }
+  int num_kv_heads() const { return num_kv_heads_; }
+  int head_dim() const { return head_dim_; }
   int block_tokens() const { return block_tokens_; }
   int64_t num_blocks() const { return num_blocks_; }
   int64_t free_blocks() const;

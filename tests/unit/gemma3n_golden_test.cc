@@ -62,7 +62,8 @@ int Argmax(const float* row, int64_t n) { return static_cast<int>(std::max_eleme
 std::vector<float> RunGoldenSequence(const Model& model, const Slice& slice, int prefill,
                                      PleCache* ple_cache = nullptr) {
   const Golden& g = LoadGolden();
-  KvCache cache;
+  const std::unique_ptr<KvPool> cache_pool = model.NewKvPool(256);
+  KvCache cache(cache_pool.get());
   auto logits = model.Forward(slice, absl::MakeConstSpan(g.tokens).subspan(0, prefill), cache,
                               {.all_logits = true, .ple_cache = ple_cache});
   EXPECT_TRUE(logits.ok()) << logits.status();
@@ -136,7 +137,8 @@ TEST(Gemma3nGolden, ChunkedPrefillMatchesHf) {
   const Golden& g = LoadGolden();
   const Model& model = TinyModel();
   const int64_t V = model.config().vocab_size;
-  KvCache cache;
+  const std::unique_ptr<KvPool> cache_pool = model.NewKvPool(256);
+  KvCache cache(cache_pool.get());
   std::vector<float> logits;
   size_t done = 0;
   for (size_t chunk : {20, 17, 11, 1, 7}) {
@@ -178,7 +180,8 @@ TEST(Gemma3nGolden, PleCacheServesEverySlice) {
   EXPECT_LE(max_diff, 1e-6);
 
   PleCache wrong_size(7, 1 << 20);
-  KvCache cache;
+  const std::unique_ptr<KvPool> cache_pool = model.NewKvPool(256);
+  KvCache cache(cache_pool.get());
   EXPECT_FALSE(model.Forward(full, g.tokens, cache, {.ple_cache = &wrong_size}).ok());
 }
 
@@ -204,7 +207,8 @@ TEST(Gemma3nGolden, LayerStatesMatchHf) {
     }
     max_relative[layer + 1] = worst;
   };
-  KvCache cache;
+  const std::unique_ptr<KvPool> cache_pool = model.NewKvPool(256);
+  KvCache cache(cache_pool.get());
   ASSERT_TRUE(model.Forward(Slice::Full(c), g.tokens, cache, {.all_logits = true, .observer = &observer}).ok());
   for (int i = 0; i <= c.num_layers; ++i) {
     EXPECT_LE(max_relative[i], 1e-4) << "state " << i << " (" << (i == 0 ? "input" : "after layer ") << i - 1 << ")";

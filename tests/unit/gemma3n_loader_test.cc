@@ -29,7 +29,8 @@ constexpr char kPrefix[] = "model.language_model.";
 const std::vector<int32_t> kTokens = {2, 68, 20, 13, 18, 55, 44, 57, 50, 55, 8, 11, 44, 73, 61, 51, 54, 53, 45, 42};
 
 std::vector<float> Logits(const Model& model) {
-  KvCache cache;
+  const std::unique_ptr<KvPool> cache_pool = model.NewKvPool(256);
+  KvCache cache(cache_pool.get());
   auto logits = model.Forward(Slice::Full(model.config()), kTokens, cache, {.all_logits = true});
   EXPECT_TRUE(logits.ok()) << logits.status();
   return logits.ok() ? *logits : std::vector<float>{};
@@ -277,13 +278,14 @@ TEST(Gemma3nLoader, ForwardRejectsBadInputs) {
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   const Model& model = **loaded;
   const Slice full = Slice::Full(model.config());
-  KvCache cache;
+  const std::unique_ptr<KvPool> cache_pool = model.NewKvPool(256);
+  KvCache cache(cache_pool.get());
   EXPECT_FALSE(model.Forward(full, {}, cache).ok());
   const std::vector<int32_t> out_of_range = {2, 128};
   EXPECT_FALSE(model.Forward(full, out_of_range, cache).ok());
   const std::vector<int32_t> negative = {-1};
   EXPECT_FALSE(model.Forward(full, negative, cache).ok());
-  EXPECT_EQ(cache.length, 0);
+  EXPECT_EQ(cache.length(), 0);
 
   // A cache filled under one set of skipped layers cannot continue under another.
   ASSERT_TRUE(model.Forward(full, kTokens, cache).ok());
@@ -295,13 +297,32 @@ TEST(Gemma3nLoader, ForwardRejectsBadInputs) {
   // A slice whose K/V sources do not fit the model (e.g. made for another config).
   Slice bogus = full;
   bogus.kv_source[22] = 22;
-  KvCache bogus_cache;
+  const std::unique_ptr<KvPool> bogus_cache_pool = model.NewKvPool(256);
+  KvCache bogus_cache(bogus_cache_pool.get());
   EXPECT_FALSE(model.Forward(bogus, one, bogus_cache).ok());
-  EXPECT_EQ(bogus_cache.length, 0);
+  EXPECT_EQ(bogus_cache.length(), 0);
 
-  KvCache long_cache;
+  const std::unique_ptr<KvPool> long_cache_pool = model.NewKvPool(256);
+
+  KvCache long_cache(long_cache_pool.get());
   const std::vector<int32_t> too_long(2049, 44);
   EXPECT_EQ(model.Forward(full, too_long, long_cache).status().code(), absl::StatusCode::kOutOfRange);
+
+  // A pool too small for the prompt: ResourceExhausted, nothing stored, and
+  // the blocks go back to the pool with the cache.
+  const std::unique_ptr<KvPool> small_pool = model.NewKvPool(1, 16);
+  {
+    KvCache short_cache(small_pool.get());
+    EXPECT_EQ(model.Forward(full, kTokens, short_cache).status().code(), absl::StatusCode::kResourceExhausted);
+    EXPECT_EQ(short_cache.length(), 0);
+    ASSERT_TRUE(model.Forward(full, absl::MakeConstSpan(kTokens).subspan(0, 16), short_cache).ok());
+    EXPECT_EQ(small_pool->used_blocks(), 1);
+  }
+  EXPECT_EQ(small_pool->used_blocks(), 0);
+  // A pool made for another geometry is refused before anything is written.
+  KvPool foreign_pool(model.num_kv_layers(), model.config().num_kv_heads, model.config().head_dim + 2, 16, 4);
+  KvCache foreign_cache(&foreign_pool);
+  EXPECT_EQ(model.Forward(full, one, foreign_cache).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

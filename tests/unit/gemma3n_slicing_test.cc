@@ -182,7 +182,8 @@ std::vector<int32_t> GoldenTokens() { return ReadJson(Gemma3nTinyDir() + "/golde
 // Logits of every golden position: 48 tokens of prefill, then cached decoding.
 std::vector<float> RunGolden(const Model& model, const Slice& slice) {
   const std::vector<int32_t> tokens = GoldenTokens();
-  KvCache cache;
+  const std::unique_ptr<KvPool> cache_pool = model.NewKvPool(256);
+  KvCache cache(cache_pool.get());
   auto prefill = model.Forward(slice, absl::MakeConstSpan(tokens).subspan(0, 48), cache, {.all_logits = true});
   EXPECT_TRUE(prefill.ok()) << prefill.status();
   if (!prefill.ok()) return {};
@@ -293,12 +294,13 @@ TEST(Gemma3nSlices, WidthMayChangeBetweenSteps) {
   auto narrow = model.MakeSlice(std::vector<int64_t>(25, 64), {});
   ASSERT_TRUE(narrow.ok());
   const Slice full = Slice::Full(model.config());
-  KvCache cache;
+  const std::unique_ptr<KvPool> cache_pool = model.NewKvPool(256);
+  KvCache cache(cache_pool.get());
   ASSERT_TRUE(model.Forward(*narrow, absl::MakeConstSpan(tokens).subspan(0, 10), cache).ok());
   auto next = model.Forward(full, absl::MakeConstSpan(tokens).subspan(10, 1), cache);
   ASSERT_TRUE(next.ok()) << next.status();
   EXPECT_TRUE(AllFinite(*next));
-  EXPECT_EQ(cache.length, 11);
+  EXPECT_EQ(cache.length(), 11);
 }
 
 }  // namespace
@@ -329,7 +331,8 @@ TEST(Gemma3nSlices, BatchedStepEqualsSequencesRunAlone) {
   // Alone: each sequence through its own chunks.
   std::vector<std::vector<float>> alone(sequences.size()), batched(sequences.size());
   for (size_t s = 0; s < sequences.size(); ++s) {
-    KvCache cache;
+    const std::unique_ptr<KvPool> cache_pool = model.NewKvPool(256);
+    KvCache cache(cache_pool.get());
     size_t done = 0;
     for (size_t chunk : sequences[s].chunks) {
       auto logits = model.Forward(sequences[s].slice, absl::MakeConstSpan(sequences[s].tokens).subspan(done, chunk),
@@ -341,7 +344,9 @@ TEST(Gemma3nSlices, BatchedStepEqualsSequencesRunAlone) {
     ASSERT_EQ(done, sequences[s].tokens.size());
   }
   // Batched: step k runs chunk k of every sequence that has one.
-  std::vector<KvCache> caches(sequences.size());
+  const std::unique_ptr<KvPool> pool = model.NewKvPool(256);
+  std::vector<std::unique_ptr<KvCache>> caches;
+  for (size_t s = 0; s < sequences.size(); ++s) caches.push_back(std::make_unique<KvCache>(pool.get()));
   std::vector<size_t> done(sequences.size(), 0);
   const int64_t V = model.config().vocab_size;
   for (size_t step = 0;; ++step) {
@@ -350,7 +355,7 @@ TEST(Gemma3nSlices, BatchedStepEqualsSequencesRunAlone) {
     for (size_t s = 0; s < sequences.size(); ++s) {
       if (step >= sequences[s].chunks.size()) continue;
       const size_t chunk = sequences[s].chunks[step];
-      inputs.push_back({.slice = &sequences[s].slice, .cache = &caches[s],
+      inputs.push_back({.slice = &sequences[s].slice, .cache = caches[s].get(),
                         .tokens = absl::MakeConstSpan(sequences[s].tokens).subspan(done[s], chunk), .all_logits = true});
       which.push_back(s);
       done[s] += chunk;
@@ -375,12 +380,13 @@ TEST(Gemma3nSlices, BatchedStepEqualsSequencesRunAlone) {
     EXPECT_TRUE(AllFinite(batched[s]));
   }
   // The same cache twice in one step is refused, and nothing changes.
-  KvCache cache;
+  const std::unique_ptr<KvPool> cache_pool = model.NewKvPool(256);
+  KvCache cache(cache_pool.get());
   const std::vector<int32_t> one = {2};
   const StepInput twice[] = {{.slice = &sequences[0].slice, .cache = &cache, .tokens = one},
                              {.slice = &sequences[0].slice, .cache = &cache, .tokens = one}};
   EXPECT_FALSE(model.Step(twice).ok());
-  EXPECT_EQ(cache.length, 0);
+  EXPECT_EQ(cache.length(), 0);
 }
 
 }  // namespace
