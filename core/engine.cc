@@ -63,13 +63,7 @@ Engine::~Engine() = default;
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Model> model,
                                                        const EngineOptions& options) {
-  if (options.kv_block_tokens < 1 || options.kv_block_tokens > 1024) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("kv_block_tokens = ", options.kv_block_tokens, " outside [1, 1024]"));
-  }
-  if (options.kv_blocks < 1 || options.kv_blocks > (int64_t{1} << 24)) {
-    return absl::InvalidArgumentError(absl::StrCat("kv_blocks = ", options.kv_blocks, " outside [1, 2^24]"));
-  }
+  MF_RETURN_IF_ERROR(CheckKvPoolOptions(options.kv_blocks, options.kv_block_tokens));
   return std::unique_ptr<Engine>(new Engine(std::move(model), options));
 }
 
@@ -100,6 +94,19 @@ absl::Status Engine::Validate(absl::Span<const StepInput> inputs) const {
     }
   }
   return absl::OkStatus();
+}
+
+absl::Status Engine::ValidateSpec(const SubmodelSpec& spec) const {
+  if (spec.num_layers() != config().num_layers) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec: ", spec.num_layers(), " layers, the model has ", config().num_layers));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> Engine::FormatChat(const std::vector<std::pair<std::string, std::string>>&) const {
+  return absl::InvalidArgumentError(
+      "messages: this model (matformer_ple format) has no chat template; send the prompt as text");
 }
 
 void Engine::ComputePle(const std::vector<int32_t>& tokens, float* out) {

@@ -11,6 +11,7 @@
 #include "core/model/submodel.h"
 #include "core/model/weights.h"
 #include "core/ple/ple_cache.h"
+#include "core/serving_engine.h"
 
 namespace matformer {
 
@@ -20,48 +21,33 @@ struct EngineOptions {
   size_t ple_cache_bytes = 64 << 20;
 };
 
-// One sequence being generated or scored: the submodel it runs and its KV
-// blocks. The spec is fixed for the sequence's life (its KV depends on it).
-struct Sequence {
-  Sequence(SubmodelSpec spec, KvPool* pool) : spec(std::move(spec)), kv(pool) {}
-  SubmodelSpec spec;
-  KvSequence kv;
-};
-
-// The work of one sequence in one engine step: its next tokens (a prefill
-// chunk, or the one token sampled last step).
-struct StepInput {
-  Sequence* sequence;
-  absl::Span<const int32_t> tokens;
-  // Logits for every token (scoring) instead of the last one only.
-  bool all_logits = false;
-};
-
 // Runs forward steps over a batch of sequences of any submodels, off one
 // packed copy of the weights. Owns the process's KV pool and PLE cache.
 // Step() is not reentrant: one scheduler thread drives it; the kernels inside
 // use all cores.
-class Engine {
+class Engine : public ServingEngine {
  public:
   static absl::StatusOr<std::unique_ptr<Engine>> Create(std::shared_ptr<const Model> model,
                                                         const EngineOptions& options);
-  ~Engine();
+  ~Engine() override;
 
-  // Runs every input's tokens through the model and appends them to its KV.
-  // Returns the logits, [rows, vocab] row-major, rows in input order: one per
-  // input (its last token), or one per token where all_logits is set. Fails
-  // with nothing changed on a bad token id, a sequence past
-  // max_position_embeddings, or a full KV pool (ResourceExhausted).
-  absl::StatusOr<std::vector<float>> Step(absl::Span<const StepInput> inputs);
-
-  std::unique_ptr<Sequence> NewSequence(const SubmodelSpec& spec) {
+  absl::StatusOr<std::vector<float>> Step(absl::Span<const StepInput> inputs) override;
+  // Every spec SubmodelSpec::Create accepts for this config runs here.
+  absl::Status ValidateSpec(const SubmodelSpec& spec) const override;
+  std::unique_ptr<Sequence> NewSequence(const SubmodelSpec& spec) override {
     return std::make_unique<Sequence>(spec, kv_pool_.get());
   }
 
   const Model& model() const { return *model_; }
-  const ModelConfig& config() const { return model_->config(); }
-  KvPool& kv_pool() { return *kv_pool_; }
-  PleCache& ple_cache() { return *ple_cache_; }
+  const ModelConfig& config() const override { return model_->config(); }
+  const Tokenizer& tokenizer() const override { return model_->tokenizer(); }
+  bool IsEndOfSequence(int32_t token) const override { return token == config().eos_token_id; }
+  // The format has no chat template (the default model is not chat-tuned).
+  absl::StatusOr<std::string> FormatChat(
+      const std::vector<std::pair<std::string, std::string>>& messages) const override;
+  absl::string_view family() const override { return "matformer_ple"; }
+  KvPool& kv_pool() override { return *kv_pool_; }
+  PleCache& ple_cache() override { return *ple_cache_; }
 
  private:
   struct Scratch;

@@ -26,6 +26,8 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "core/engine.h"
+#include "core/gemma3n/serving.h"
+#include "core/util/status_macros.h"
 #include "core/model/weights.h"
 #include "core/plan/planner.h"
 #include "core/sched/scheduler.h"
@@ -74,6 +76,12 @@ ABSL_FLAG(int64_t, kv_blocks, 1024,
           "KV cache blocks of 16 tokens, 1..16777216; must hold one request of max_prompt_tokens + "
           "max_new_tokens_limit and fit in 3/4 of the machine's memory");
 ABSL_FLAG(int64_t, ple_cache_mb, 64, "PLE cache size in MiB, 0..65536 (0 disables it)");
+ABSL_FLAG(int64_t, ffn_granule, 2048,
+          "Gemma 3n checkpoints: FFN neurons per weight slab, 1..1048576; every slice width is a multiple of it "
+          "(or the full width). 2048 is the step of the published slices");
+ABSL_FLAG(std::string, slicing_table, "",
+          "Gemma 3n checkpoints: the published slicing table (CSV, as tests/data/gemma3n-slicing-configs.csv) "
+          "whose rows become the planner's candidates (quality 1 - MMLU). Empty: every uniform FFN width");
 ABSL_FLAG(int, max_prompt_tokens, 768,
           "Longest prompt in tokens (after tokenization, BOS included), 1..1048576 and below the model's "
           "max_position_embeddings");
@@ -122,6 +130,8 @@ ServerOptions OptionsFromFlags() {
   o.max_queue = absl::GetFlag(FLAGS_max_queue);
   o.kv_blocks = absl::GetFlag(FLAGS_kv_blocks);
   o.ple_cache_mb = absl::GetFlag(FLAGS_ple_cache_mb);
+  o.ffn_granule = absl::GetFlag(FLAGS_ffn_granule);
+  o.slicing_table = absl::GetFlag(FLAGS_slicing_table);
   o.limits = {.max_prompt_tokens = absl::GetFlag(FLAGS_max_prompt_tokens),
               .max_new_tokens_limit = absl::GetFlag(FLAGS_max_new_tokens_limit),
               .max_stop_sequences = absl::GetFlag(FLAGS_max_stop_sequences),
@@ -142,6 +152,44 @@ int Fail(int exit_code, const absl::Status& status) {
 }
 
 double SecondsSince(absl::Time start) { return absl::ToDoubleSeconds(absl::Now() - start); }
+
+struct LoadedModel {
+  std::unique_ptr<ServingEngine> engine;
+  std::vector<Candidate> candidates;  // the planner's, best quality first
+};
+
+// The model family is read from config.json: a Hugging Face Gemma 3n
+// checkpoint, else this repo's format.
+absl::StatusOr<LoadedModel> LoadModel(const ServerOptions& options) {
+  MF_ASSIGN_OR_RETURN(const bool gemma3n, gemma3n::IsGemma3nDirectory(options.model_dir));
+  LoadedModel loaded;
+  if (gemma3n) {
+    MF_ASSIGN_OR_RETURN(std::shared_ptr<const gemma3n::Model> model,
+                        gemma3n::Model::Load(options.model_dir, {.ffn_granule = options.ffn_granule}));
+    MF_ASSIGN_OR_RETURN(std::unique_ptr<gemma3n::ServingModel> engine,
+                        gemma3n::ServingModel::Create(model, {.kv_blocks = options.kv_blocks,
+                                                              .ple_cache_bytes = static_cast<size_t>(
+                                                                  options.ple_cache_mb) << 20}));
+    if (options.slicing_table.empty()) {
+      MF_ASSIGN_OR_RETURN(loaded.candidates, LoadCandidates(engine->config(), options.model_dir));
+    } else {
+      MF_ASSIGN_OR_RETURN(loaded.candidates,
+                          gemma3n::CandidatesFromSlicingTable(model->config(), model->ffn_granule(), engine->config(),
+                                                              options.slicing_table));
+    }
+    loaded.engine = std::move(engine);
+    return loaded;
+  }
+  if (!options.slicing_table.empty()) {
+    return absl::InvalidArgumentError("--slicing_table applies to Gemma 3n checkpoints only");
+  }
+  MF_ASSIGN_OR_RETURN(std::shared_ptr<const Model> model, Model::Load(options.model_dir));
+  MF_ASSIGN_OR_RETURN(loaded.engine, Engine::Create(model, {.kv_blocks = options.kv_blocks,
+                                                            .ple_cache_bytes = static_cast<size_t>(
+                                                                options.ple_cache_mb) << 20}));
+  MF_ASSIGN_OR_RETURN(loaded.candidates, LoadCandidates(model->config(), options.model_dir));
+  return loaded;
+}
 
 // Everything after flag parsing. `signals` are blocked in every thread and
 // taken by sigwait once the server is up.
@@ -166,32 +214,30 @@ int Run(const sigset_t& signals) {
   }
 
   const absl::Time start = absl::Now();
-  absl::StatusOr<std::unique_ptr<Model>> loaded = Model::Load(options.model_dir);
+  absl::StatusOr<LoadedModel> loaded = LoadModel(options);
   if (!loaded.ok()) {
     return Fail(kRuntimeExit, absl::InvalidArgumentError(
                                   absl::StrCat("--model_dir=", options.model_dir, ": ", loaded.status().message())));
   }
-  std::shared_ptr<const Model> model = *std::move(loaded);
-  const ModelConfig& config = model->config();
+  std::unique_ptr<ServingEngine> engine = std::move(loaded->engine);
+  absl::StatusOr<std::vector<Candidate>> candidates = std::move(loaded->candidates);
+  const ModelConfig& config = engine->config();
   if (absl::Status valid = ValidateOptionsForModel(options, config); !valid.ok()) return Fail(kUsageExit, valid);
   absl::StatusOr<PolicyChoice> policy = ParsePolicy(options.policy, config);
   if (!policy.ok()) return Fail(kUsageExit, policy.status());
-
-  EngineOptions engine_options;
-  engine_options.kv_blocks = options.kv_blocks;
-  engine_options.ple_cache_bytes = static_cast<size_t>(options.ple_cache_mb) << 20;
-  absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Create(model, engine_options);
-  if (!engine.ok()) return Fail(kRuntimeExit, engine.status());
-  Log(absl::StrFormat("model %s: %d layers, granularities %s, %.1f M active params at full width, loaded in %.2f s",
-                      options.model_dir, config.num_layers, absl::StrJoin(config.granularity_names, ","),
+  if (policy->fixed_spec.has_value()) {
+    if (absl::Status valid = engine->ValidateSpec(*policy->fixed_spec); !valid.ok()) {
+      return Fail(kUsageExit, absl::InvalidArgumentError(absl::StrCat("--policy=", options.policy, ": ", valid.message())));
+    }
+  }
+  Log(absl::StrFormat("model %s (%s): %d layers, granularities %s, %.1f M active params at full width, loaded in %.2f s",
+                      options.model_dir, engine->family(), config.num_layers, absl::StrJoin(config.granularity_names, ","),
                       SubmodelSpec::Full(config).active_params() / 1e6, SecondsSince(start)));
 
-  absl::StatusOr<std::vector<Candidate>> candidates = LoadCandidates(config, options.model_dir);
-  if (!candidates.ok()) return Fail(kRuntimeExit, candidates.status());
   const absl::Time calibration_start = absl::Now();
   const std::string latency_path = absl::GetFlag(FLAGS_latency_model);
   absl::StatusOr<LatencyModel> latency =
-      latency_path.empty() ? LatencyModel::Calibrate(**engine) : LatencyModel::Load(config, latency_path);
+      latency_path.empty() ? LatencyModel::Calibrate(*engine) : LatencyModel::Load(config, latency_path);
   if (!latency.ok()) {
     return Fail(latency_path.empty() ? kRuntimeExit : kUsageExit,
                 latency_path.empty() ? latency.status()
@@ -214,7 +260,7 @@ int Run(const sigset_t& signals) {
   Planner planner(config, *std::move(candidates), *std::move(latency), policy->policy, policy->fixed_spec,
                   ParseOverBudget(options.over_budget), scheduler_options.prefill_chunk);
   planner.correction().set_learning(absl::GetFlag(FLAGS_online_correction));
-  Scheduler scheduler(engine->get(), &planner, scheduler_options);
+  Scheduler scheduler(engine.get(), &planner, scheduler_options);
   // Declared after the scheduler, so destroyed before it: the metrics endpoint
   // reads the scheduler. (The scheduler records into the metrics only while
   // it has requests, and it has none by then: drained, or never serving.)
@@ -222,14 +268,14 @@ int Run(const sigset_t& signals) {
   scheduler.set_step_observer([&metrics](int rows, absl::Duration duration) { metrics.RecordStep(rows, duration); });
   const std::string metrics_host = options.metrics_host.empty() ? options.host : options.metrics_host;
   absl::StatusOr<int> metrics_port =
-      metrics.Serve(metrics_host, options.metrics_port, [&metrics, &scheduler, &planner, engine = engine->get()] {
+      metrics.Serve(metrics_host, options.metrics_port, [&metrics, &scheduler, &planner, engine = engine.get()] {
         metrics.SetGauges(scheduler.stats(), engine->ple_cache().stats(), planner.latency().correction(),
                           planner.correction().factors());
       });
   if (!metrics_port.ok()) return Fail(kRuntimeExit, metrics_port.status());
 
   MatFormerService service(
-      {.engine = engine->get(),
+      {.engine = engine.get(),
        .planner = &planner,
        .scheduler = &scheduler,
        .metrics = &metrics,

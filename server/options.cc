@@ -51,6 +51,7 @@ absl::Status ValidateOptions(const ServerOptions& o) {
       {"max_queue", o.max_queue, 1, 100000},
       {"kv_blocks", o.kv_blocks, 1, int64_t{1} << 24},
       {"ple_cache_mb", o.ple_cache_mb, 0, 65536},
+      {"ffn_granule", o.ffn_granule, 1, int64_t{1} << 20},
       {"max_prompt_tokens", o.limits.max_prompt_tokens, 1, 1 << 20},
       {"max_new_tokens_limit", o.limits.max_new_tokens_limit, 1, 1 << 20},
       {"max_stop_sequences", o.limits.max_stop_sequences, 0, 64},

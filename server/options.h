@@ -29,6 +29,10 @@ struct ServerOptions {
   int max_queue = 0;
   int64_t kv_blocks = 0;
   int64_t ple_cache_mb = 0;
+  // Gemma 3n checkpoints only: the FFN slab width (every slice width is a
+  // multiple of it) and the published slicing table as the quality table.
+  int64_t ffn_granule = 0;
+  std::string slicing_table;
   RequestLimits limits;
   int64_t max_message_bytes = 0;
   absl::Duration drain_timeout;

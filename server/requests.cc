@@ -44,6 +44,10 @@ absl::StatusOr<absl::Duration> NonNegativeDuration(absl::string_view field, cons
   return duration;
 }
 
+// Score requests have no chat prompt.
+const v1::Chat* ChatOf(const v1::GenerateRequest& proto) { return proto.has_chat() ? &proto.chat() : nullptr; }
+const v1::Chat* ChatOf(const v1::ScoreRequest&) { return nullptr; }
+
 }  // namespace
 
 bool IsValidUtf8(absl::string_view text) {
@@ -81,25 +85,43 @@ bool IsValidUtf8(absl::string_view text) {
   return true;
 }
 
-RequestBuilder::RequestBuilder(const Model& model, const std::vector<Tier>& tiers, const RequestLimits& limits)
-    : model_(model), tiers_(tiers), limits_(limits) {}
+RequestBuilder::RequestBuilder(const ServingEngine& engine, const std::vector<Tier>& tiers, const RequestLimits& limits)
+    : engine_(engine), tiers_(tiers), limits_(limits) {}
 
 absl::StatusOr<std::vector<int32_t>> RequestBuilder::PromptFromText(absl::string_view field,
                                                                     absl::string_view text) const {
   MF_RETURN_IF_ERROR(CheckUtf8(field, text));
   if (text.empty()) return absl::InvalidArgumentError(absl::StrCat(field, ": empty"));
-  absl::StatusOr<std::vector<int>> pieces = model_.tokenizer().Encode(text);
+  absl::StatusOr<std::vector<int>> pieces = engine_.tokenizer().Encode(text);
   if (!pieces.ok()) return absl::InvalidArgumentError(absl::StrCat(field, ": ", pieces.status().message()));
   std::vector<int32_t> ids;
   ids.reserve(pieces->size() + 1);
-  ids.push_back(model_.config().bos_token_id);
+  ids.push_back(engine_.config().bos_token_id);
   ids.insert(ids.end(), pieces->begin(), pieces->end());
   return ids;
 }
 
+absl::StatusOr<std::vector<int32_t>> RequestBuilder::PromptFromChat(const v1::Chat& chat) const {
+  if (chat.messages().empty()) return absl::InvalidArgumentError("chat.messages: empty");
+  if (chat.messages_size() > kMaxChatMessages) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("chat.messages: ", chat.messages_size(), " messages, more than the limit of ", kMaxChatMessages));
+  }
+  std::vector<std::pair<std::string, std::string>> messages;
+  for (int i = 0; i < chat.messages_size(); ++i) {
+    const v1::ChatMessage& message = chat.messages(i);
+    const std::string field = absl::StrCat("chat.messages[", i, "]");
+    MF_RETURN_IF_ERROR(CheckUtf8(field + ".role", message.role()));
+    MF_RETURN_IF_ERROR(CheckUtf8(field + ".content", message.content()));
+    messages.emplace_back(message.role(), message.content());
+  }
+  MF_ASSIGN_OR_RETURN(std::string text, engine_.FormatChat(messages));
+  return PromptFromText("chat", text);
+}
+
 absl::StatusOr<std::vector<int32_t>> RequestBuilder::CheckedIds(
     absl::string_view field, const google::protobuf::RepeatedField<int32_t>& ids) const {
-  const int64_t vocab = model_.config().vocab_size;
+  const int64_t vocab = engine_.config().vocab_size;
   if (ids.empty()) return absl::InvalidArgumentError(absl::StrCat(field, ": empty"));
   for (int i = 0; i < ids.size(); ++i) {
     if (ids[i] < 0 || ids[i] >= vocab) {
@@ -117,8 +139,10 @@ absl::StatusOr<std::vector<int32_t>> RequestBuilder::Prompt(const Proto& proto) 
     MF_ASSIGN_OR_RETURN(prompt, PromptFromText("text", proto.text()));
   } else if (proto.has_token_ids()) {
     MF_ASSIGN_OR_RETURN(prompt, CheckedIds("token_ids", proto.token_ids().ids()));
+  } else if (const v1::Chat* chat = ChatOf(proto); chat != nullptr) {
+    MF_ASSIGN_OR_RETURN(prompt, PromptFromChat(*chat));
   } else {
-    return absl::InvalidArgumentError("prompt: missing (set text or token_ids)");
+    return absl::InvalidArgumentError("prompt: missing (set text, token_ids or chat)");
   }
   if (static_cast<int64_t>(prompt.size()) > limits_.max_prompt_tokens) {
     return absl::InvalidArgumentError(absl::StrCat("prompt: ", prompt.size(), " tokens, more than the limit of ",
@@ -156,7 +180,7 @@ absl::Status RequestBuilder::ApplyRouting(const Proto& proto, std::optional<absl
   prepared.budget = ResolveBudget(explicit_budget, tier, deadline, now);
   request.budget = prepared.budget.budget;
 
-  const ModelConfig& config = model_.config();
+  const ModelConfig& config = engine_.config();
   if (proto.has_spec_name() && proto.layer_widths_size() > 0) {
     return absl::InvalidArgumentError("spec_name and layer_widths: set one of them, not both");
   }
@@ -225,7 +249,7 @@ absl::StatusOr<PreparedRequest> RequestBuilder::Generate(const v1::GenerateReque
                       .top_k = sampling.top_k(),
                       .top_p = sampling.top_p(),
                       .seed = sampling.seed()};
-  if (absl::Status valid = ValidateSamplingParams(request.sampling, model_.config().vocab_size); !valid.ok()) {
+  if (absl::Status valid = ValidateSamplingParams(request.sampling, engine_.config().vocab_size); !valid.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("sampling.", valid.message()));
   }
 
@@ -242,7 +266,7 @@ absl::StatusOr<PreparedRequest> RequestBuilder::Score(const v1::ScoreRequest& pr
     case v1::ScoreRequest::kContinuationText: {
       MF_RETURN_IF_ERROR(CheckUtf8("continuation_text", proto.continuation_text()));
       if (proto.continuation_text().empty()) return absl::InvalidArgumentError("continuation_text: empty");
-      absl::StatusOr<std::vector<int>> pieces = model_.tokenizer().Encode(proto.continuation_text());
+      absl::StatusOr<std::vector<int>> pieces = engine_.tokenizer().Encode(proto.continuation_text());
       if (!pieces.ok()) {
         return absl::InvalidArgumentError(absl::StrCat("continuation_text: ", pieces.status().message()));
       }
@@ -277,7 +301,7 @@ absl::StatusOr<v1::TokenizeResponse> RequestBuilder::Tokenize(const v1::Tokenize
     }
     case v1::TokenizeRequest::kTokenIds: {
       const auto& ids = proto.token_ids().ids();
-      absl::StatusOr<std::string> text = model_.tokenizer().Decode(std::vector<int>(ids.begin(), ids.end()));
+      absl::StatusOr<std::string> text = engine_.tokenizer().Decode(std::vector<int>(ids.begin(), ids.end()));
       if (!text.ok()) return absl::InvalidArgumentError(absl::StrCat("token_ids: ", text.status().message()));
       response.set_text(*std::move(text));
       break;

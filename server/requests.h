@@ -9,7 +9,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
-#include "core/model/weights.h"
+#include "core/serving_engine.h"
 #include "core/sched/scheduler.h"
 #include "matformer/v1/matformer.pb.h"
 #include "server/budget.h"
@@ -25,6 +25,9 @@ struct RequestLimits {
   int max_stop_bytes = 64;
 };
 
+// Messages of one chat prompt (each also counts against --max_prompt_tokens).
+inline constexpr int kMaxChatMessages = 256;
+
 // max_new_tokens when a request leaves it unset (capped at the limit).
 inline constexpr int kDefaultMaxNewTokens = 32;
 
@@ -39,7 +42,7 @@ struct PreparedRequest {
 // scheduler re-checks what the engine needs, e.g. the model's context length).
 class RequestBuilder {
  public:
-  RequestBuilder(const Model& model, const std::vector<Tier>& tiers, const RequestLimits& limits);
+  RequestBuilder(const ServingEngine& engine, const std::vector<Tier>& tiers, const RequestLimits& limits);
 
   // `deadline`: the call's deadline, if it has one.
   absl::StatusOr<PreparedRequest> Generate(const v1::GenerateRequest& proto, std::optional<absl::Time> deadline,
@@ -51,6 +54,8 @@ class RequestBuilder {
  private:
   // The ids a text prompt becomes: BOS, then the text's pieces.
   absl::StatusOr<std::vector<int32_t>> PromptFromText(absl::string_view field, absl::string_view text) const;
+  // Chat messages through the model's chat template, then as text.
+  absl::StatusOr<std::vector<int32_t>> PromptFromChat(const v1::Chat& chat) const;
   absl::StatusOr<std::vector<int32_t>> CheckedIds(absl::string_view field,
                                                   const google::protobuf::RepeatedField<int32_t>& ids) const;
   // The prompt of a Generate or Score request, within the length limit.
@@ -61,7 +66,7 @@ class RequestBuilder {
   absl::Status ApplyRouting(const Proto& proto, std::optional<absl::Time> deadline, absl::Time now,
                             PreparedRequest& prepared) const;
 
-  const Model& model_;
+  const ServingEngine& engine_;
   const std::vector<Tier>& tiers_;
   RequestLimits limits_;
 };

@@ -23,6 +23,7 @@ void ToProto(const Candidate& candidate, v1::Submodel* out) {
   out->set_active_params(spec.active_params());
   // A pinned spec outside quality.json has no measured loss (the planner marks it NaN).
   if (candidate.measured && std::isfinite(candidate.expected_loss)) out->set_expected_loss(candidate.expected_loss);
+  if (!candidate.label.empty()) out->set_label(candidate.label);
 }
 
 v1::FinishReason ToProto(FinishReason reason) {
@@ -72,7 +73,7 @@ void FillScoreResponse(const SchedulerResult& result, const std::vector<int32_t>
   if (budget.budget.has_value()) ToProto(*budget.budget, out->mutable_latency_budget());
 }
 
-v1::ModelInfo BuildModelInfo(Engine& engine, const Planner& planner, const std::vector<Tier>& tiers,
+v1::ModelInfo BuildModelInfo(ServingEngine& engine, const Planner& planner, const std::vector<Tier>& tiers,
                              const ServingDescription& serving) {
   const ModelConfig& config = engine.config();
   v1::ModelInfo info;
@@ -95,7 +96,8 @@ v1::ModelInfo BuildModelInfo(Engine& engine, const Planner& planner, const std::
   arch->set_bos_token_id(config.bos_token_id);
   arch->set_eos_token_id(config.eos_token_id);
   arch->set_pad_token_id(config.pad_token_id);
-  arch->set_tokenizer_pieces(engine.model().tokenizer().vocab_size());
+  arch->set_tokenizer_pieces(engine.tokenizer().vocab_size());
+  arch->set_family(std::string(engine.family()));
 
   for (size_t i = 0; i < config.granularities.size(); ++i) {
     v1::Granularity* granularity = info.add_granularities();

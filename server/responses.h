@@ -33,7 +33,7 @@ struct ServingDescription {
   std::string policy;       // "elastic" or "fixed:<spec>"
   std::string over_budget;  // "reject" or "serve_smallest"
 };
-v1::ModelInfo BuildModelInfo(Engine& engine, const Planner& planner, const std::vector<Tier>& tiers,
+v1::ModelInfo BuildModelInfo(ServingEngine& engine, const Planner& planner, const std::vector<Tier>& tiers,
                              const ServingDescription& serving);
 
 }  // namespace matformer::server

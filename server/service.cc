@@ -169,7 +169,7 @@ class MatFormerService::StreamCall : public grpc::ServerWriteReactor<v1::Generat
 
 MatFormerService::MatFormerService(const Dependencies& dependencies)
     : deps_(dependencies),
-      builder_(deps_.engine->model(), *deps_.tiers, deps_.limits),
+      builder_(*deps_.engine, *deps_.tiers, deps_.limits),
       // Start time plus random bits: replicas started in the same second
       // still log distinct ids.
       id_prefix_(absl::StrFormat("%x%04x", absl::ToUnixSeconds(absl::Now()), std::random_device()() & 0xffff)) {}

@@ -28,7 +28,7 @@ namespace matformer::server {
 class MatFormerService final : public v1::MatFormer::CallbackService {
  public:
   struct Dependencies {
-    Engine* engine;
+    ServingEngine* engine;
     Planner* planner;
     Scheduler* scheduler;
     ServerMetrics* metrics;

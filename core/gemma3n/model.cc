@@ -259,7 +259,7 @@ void Attention(const Config& c, const LayerWeights& lw, int layer, const float* 
       }
       ApplyRope(&a.k[t * kv_dim], KV, hd, position, inv_freq);
     }
-    KvSequence& kv = segment.cache->kv;
+    KvSequence& kv = segment.cache->kv();
     KvPool& pool = kv.pool();
     const int block_tokens = pool.block_tokens();
     if (segment.source == layer) {
@@ -472,6 +472,7 @@ double NormalQuantile(double p) {
 absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& directory, const LoadOptions& options) {
   std::unique_ptr<Model> model(new Model());
   model->options_ = options;
+  model->directory_ = directory;
   MF_ASSIGN_OR_RETURN(model->config_, LoadConfig(directory + "/config.json"));
   MF_ASSIGN_OR_RETURN(model->checkpoint_, Checkpoint::Open(directory));
   MF_ASSIGN_OR_RETURN(model->weights_, LoadWeights(model->config_, *model->checkpoint_, options));
@@ -512,7 +513,7 @@ absl::Status Model::CheckInput(const StepInput& input) const {
   if (input.slice == nullptr || input.cache == nullptr) return absl::InvalidArgumentError("Step: no slice or cache");
   const Slice& slice = *input.slice;
   const KvCache& cache = *input.cache;
-  const KvPool& pool = cache.kv.pool();
+  const KvPool& pool = cache.kv().pool();
   if (pool.num_layers() != num_kv_layers_ || pool.num_kv_heads() != c.num_kv_heads ||
       pool.head_dim() != c.head_dim) {
     return absl::InvalidArgumentError("Step: the KV cache's pool was not made by this model's NewKvPool");
@@ -574,7 +575,7 @@ absl::StatusOr<std::vector<float>> Model::Step(absl::Span<const StepInput> input
   // K/V room for every input's new positions; a failure leaves only unused
   // capacity behind.
   for (const StepInput& input : inputs) {
-    MF_RETURN_IF_ERROR(input.cache->kv.Reserve(input.cache->length() + static_cast<int64_t>(input.tokens.size())));
+    MF_RETURN_IF_ERROR(input.cache->kv().Reserve(input.cache->length() + static_cast<int64_t>(input.tokens.size())));
   }
 
   // Rows: the tokens of every input, in input order.
@@ -585,7 +586,7 @@ absl::StatusOr<std::vector<float>> Model::Step(absl::Span<const StepInput> input
     row_begin.push_back(static_cast<int64_t>(tokens.size()));
     tokens.insert(tokens.end(), input.tokens.begin(), input.tokens.end());
     // Attention scores whole key tiles: room up to the end of the last block.
-    max_context = std::max<int64_t>(max_context, input.cache->kv.capacity());
+    max_context = std::max<int64_t>(max_context, input.cache->kv().capacity());
     for (int64_t width : input.slice->ffn_width) max_ffn = std::max(max_ffn, width);
     KvCache& cache = *input.cache;
     if (cache.length() == 0 && cache.kv_source.empty()) cache.kv_source = input.slice->kv_source;
@@ -644,7 +645,7 @@ absl::StatusOr<std::vector<float>> Model::Step(absl::Span<const StepInput> input
   for (size_t s = 0; s < inputs.size(); ++s) {
     const int64_t count = static_cast<int64_t>(inputs[s].tokens.size());
     for (int64_t i = inputs[s].all_logits ? 0 : count - 1; i < count; ++i) logit_rows.push_back(row_begin[s] + i);
-    inputs[s].cache->kv.set_length(inputs[s].cache->length() + count);
+    inputs[s].cache->kv().set_length(inputs[s].cache->length() + count);
   }
   return Logits(c, weights_, state, R, logit_rows);
 }

@@ -24,11 +24,21 @@ namespace matformer::gemma3n {
 // RoPE'd keys and the normed values of every position so far. KV-shared
 // layers read their source layer's blocks; sliding layers mask to their
 // window at attention time. The blocks return to the pool when it is destroyed.
-struct KvCache {
-  explicit KvCache(KvPool* pool) : kv(pool) {}
-  KvSequence kv;               // kv.length(): positions stored
+class KvCache {
+ public:
+  // Blocks of its own, from `pool`.
+  explicit KvCache(KvPool* pool) : owned_(std::make_unique<KvSequence>(pool)), kv_(owned_.get()) {}
+  // Blocks held by `kv` (the server's Sequence, whose blocks the scheduler
+  // reserves), which must outlive the cache.
+  explicit KvCache(KvSequence* kv) : kv_(kv) {}
+
+  KvSequence& kv() const { return *kv_; }
+  int64_t length() const { return kv_->length(); }
   std::vector<int> kv_source;  // the slice's sources, fixed by the first step
-  int64_t length() const { return kv.length(); }
+
+ private:
+  std::unique_ptr<KvSequence> owned_;
+  KvSequence* kv_;
 };
 
 // Called with the AltUp streams [N][R][d] of the R rows of a step (the
@@ -67,6 +77,7 @@ class Model {
   static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& directory, const LoadOptions& options = {});
 
   const Config& config() const { return config_; }
+  const std::string& directory() const { return directory_; }
   const Weights& weights() const { return weights_; }
   int64_t ffn_granule() const { return options_.ffn_granule; }
   const Checkpoint& checkpoint() const { return *checkpoint_; }
@@ -106,6 +117,7 @@ class Model {
 
  private:
   Model() = default;
+  std::string directory_;
   Config config_;
   LoadOptions options_;
   std::unique_ptr<Checkpoint> checkpoint_;

@@ -66,6 +66,16 @@ KvSequence::~KvSequence() {
   if (!blocks_.empty()) pool_->Free(blocks_);
 }
 
+absl::Status CheckKvPoolOptions(int64_t num_blocks, int block_tokens) {
+  if (block_tokens < 1 || block_tokens > 1024) {
+    return absl::InvalidArgumentError(absl::StrCat("kv_block_tokens = ", block_tokens, " outside [1, 1024]"));
+  }
+  if (num_blocks < 1 || num_blocks > (int64_t{1} << 24)) {
+    return absl::InvalidArgumentError(absl::StrCat("kv_blocks = ", num_blocks, " outside [1, 2^24]"));
+  }
+  return absl::OkStatus();
+}
+
 int64_t KvSequence::capacity() const {
   return static_cast<int64_t>(blocks_.size()) * pool_->block_tokens();
 }

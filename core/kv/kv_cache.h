@@ -54,6 +54,10 @@ class KvPool {
   std::vector<int32_t> free_list_;
 };
 
+// Checks a pool's size options: block_tokens in [1, 1024], num_blocks in
+// [1, 2^24]; the error names the option.
+absl::Status CheckKvPoolOptions(int64_t num_blocks, int block_tokens);
+
 // The KV blocks of one sequence. Returns them to the pool when destroyed, so
 // finishing, cancelling or failing a sequence can never leak blocks.
 class KvSequence {

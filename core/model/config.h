@@ -2,6 +2,7 @@
 #define MATFORMER_CORE_MODEL_CONFIG_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include "absl/strings/string_view.h"
 #include <vector>
@@ -38,6 +39,12 @@ struct ModelConfig {
   int bos_token_id = 0;
   int eos_token_id = 0;
   int pad_token_id = 0;
+
+  // Parameters a token multiplies under a spec (the FFN width of every layer,
+  // 0 for a skipped layer), for a model family whose layers differ from this
+  // format's (Gemma 3n: AltUp, LAuReL, KV sharing). Unset: SubmodelSpec
+  // computes it from the fields above.
+  std::function<int64_t(const std::vector<int64_t>& layer_widths)> active_params;
 
   // Index of `width` in granularities, or -1.
   int GranularityIndex(int64_t width) const;

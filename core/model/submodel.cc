@@ -98,6 +98,12 @@ absl::StatusOr<SubmodelSpec> SubmodelSpec::Create(const ModelConfig& config,
   spec.name_ = uniform ? tokens[0] : absl::StrJoin(tokens, "-");
   spec.hash_ = Fnv1a64(spec.name_);
 
+  if (config.active_params) {
+    std::vector<int64_t> widths(layers);
+    for (int l = 0; l < layers; ++l) widths[l] = spec.ffn_width(l);
+    spec.active_params_ = config.active_params(widths);
+    return spec;
+  }
   const int64_t d = config.hidden_size;
   int64_t params = config.num_layers * config.ple_dim * d + config.ple_dim  // PLE projection + norm
                    + d + config.vocab_size * d;                            // final norm + LM head

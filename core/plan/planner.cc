@@ -38,7 +38,7 @@ absl::StatusOr<std::vector<Candidate>> LoadCandidates(const ModelConfig& config,
     // No measured quality: rank the uniform granularities by size, biggest first.
     for (auto it = config.granularities.rbegin(); it != config.granularities.rend(); ++it) {
       MF_ASSIGN_OR_RETURN(SubmodelSpec spec, SubmodelSpec::Uniform(config, absl::StrCat(*it)));
-      candidates.push_back({spec, -static_cast<double>(spec.active_params()), /*measured=*/false});
+      candidates.push_back({spec, -static_cast<double>(spec.active_params()), /*measured=*/false, /*label=*/""});
     }
     return candidates;
   }
@@ -65,7 +65,7 @@ absl::StatusOr<std::vector<Candidate>> LoadCandidates(const ModelConfig& config,
     }
     absl::StatusOr<SubmodelSpec> spec = SubmodelSpec::Parse(config, entry["name"].get<std::string>());
     if (!spec.ok()) return absl::InvalidArgumentError(absl::StrCat(where, ".name: ", spec.status().message()));
-    candidates.push_back({*std::move(spec), loss, /*measured=*/true});
+    candidates.push_back({*std::move(spec), loss, /*measured=*/true, /*label=*/""});
   }
   if (candidates.empty()) return absl::InvalidArgumentError(absl::StrCat(path, ": \"specs\" is empty"));
   SortBestFirst(candidates);
@@ -144,7 +144,7 @@ double LatencyModel::correction() const {
   return correction_;
 }
 
-absl::StatusOr<LatencyModel> LatencyModel::Calibrate(Engine& engine) {
+absl::StatusOr<LatencyModel> LatencyModel::Calibrate(ServingEngine& engine) {
   const ModelConfig& config = engine.config();
   // Row counts of typical steps: lone decode, a decode batch, a prefill chunk.
   const int kRowCounts[] = {1, 8, 64};
@@ -320,7 +320,7 @@ absl::StatusOr<Plan> Planner::Choose(const PlanRequest& request, const LoadSnaps
     for (const Candidate& candidate : candidates_) {
       if (candidate.spec == spec) return candidate;
     }
-    return Candidate{spec, std::numeric_limits<double>::quiet_NaN(), false};
+    return Candidate{spec, std::numeric_limits<double>::quiet_NaN(), /*measured=*/false, /*label=*/""};
   };
   // A pinned or fixed spec is served as asked; the plan still reports whether it fits.
   if (request.pinned.has_value()) return plan_for(candidate_for(*request.pinned));

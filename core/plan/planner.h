@@ -10,7 +10,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "core/engine.h"
+#include "core/serving_engine.h"
 #include "core/model/submodel.h"
 
 namespace matformer {
@@ -18,8 +18,9 @@ namespace matformer {
 // A submodel the planner may choose, with its expected quality.
 struct Candidate {
   SubmodelSpec spec;
-  double expected_loss = 0.0;  // held-out loss from quality.json; lower is better
-  bool measured = false;       // false: no quality.json entry, ranked by active parameters
+  double expected_loss = 0.0;  // from the quality table (held-out loss, or 1 - MMLU); lower is better
+  bool measured = false;       // false: no quality table entry, ranked by active parameters
+  std::string label;           // the quality table's name for it, if any
 };
 
 // Reads <model_dir>/quality.json ({"specs": [{"name", "loss", ...}]}); without
@@ -36,7 +37,7 @@ class LatencyModel {
  public:
   // Times real engine steps for every granularity at a few row counts
   // (a few seconds on the default model).
-  static absl::StatusOr<LatencyModel> Calibrate(Engine& engine);
+  static absl::StatusOr<LatencyModel> Calibrate(ServingEngine& engine);
   // For tests: explicit coefficients, seconds.
   LatencyModel(std::vector<double> fixed_seconds, std::vector<double> per_row_seconds, int num_layers);
   LatencyModel(const LatencyModel& other);

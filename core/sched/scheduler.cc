@@ -47,7 +47,7 @@ struct Scheduler::Active {
   const SubmodelSpec& spec() const { return handle->plan().choice.spec; }
 };
 
-Scheduler::Scheduler(Engine* engine, Planner* planner, const SchedulerOptions& options)
+Scheduler::Scheduler(ServingEngine* engine, Planner* planner, const SchedulerOptions& options)
     : engine_(engine), planner_(planner), options_(options) {
   thread_ = std::thread([this] { Loop(); });
 }
@@ -185,6 +185,7 @@ absl::StatusOr<std::shared_ptr<RequestHandle>> Scheduler::Submit(SchedulerReques
   for (const std::string& stop : request.stop_sequences) {
     if (stop.empty()) return absl::InvalidArgumentError("stop_sequences: an entry is empty");
   }
+  if (request.pinned_spec.has_value()) MF_RETURN_IF_ERROR(engine_->ValidateSpec(*request.pinned_spec));
 
   auto active = std::make_unique<Active>();
   active->arrival = Now();
@@ -291,16 +292,15 @@ void Scheduler::EmitText(Active& active, bool final) {
 
 // Handles the sampled token of a generating sequence; returns true when it finished.
 bool Scheduler::Accept(Active& active, absl::Span<const float> logits) {
-  const ModelConfig& config = engine_->config();
   SchedulerResult& result = active.result;
   const int32_t token = active.sampler->Sample(logits);
   if (active.first_token == absl::Time()) active.first_token = Now();
-  if (token == config.eos_token_id) {
+  if (engine_->IsEndOfSequence(token)) {
     result.finish_reason = FinishReason::kEndOfSequence;
     return true;
   }
   result.tokens.push_back(token);
-  absl::StatusOr<std::string> text = engine_->model().tokenizer().Decode(result.tokens);
+  absl::StatusOr<std::string> text = engine_->tokenizer().Decode(result.tokens);
   // Ids past the tokenizer's pieces (a padded vocabulary) have no text.
   if (text.ok()) result.text = *std::move(text);
   if (const size_t stop = active.stops->Find(result.text); stop != std::string::npos) {

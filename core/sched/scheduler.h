@@ -15,7 +15,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "core/engine.h"
+#include "core/serving_engine.h"
 #include "core/generate.h"
 #include "core/plan/planner.h"
 #include "core/sampler.h"
@@ -120,7 +120,7 @@ class Scheduler {
   // Observes every engine step (rows, duration): metrics hook.
   using StepObserver = std::function<void(int rows, absl::Duration duration)>;
 
-  Scheduler(Engine* engine, Planner* planner, const SchedulerOptions& options);
+  Scheduler(ServingEngine* engine, Planner* planner, const SchedulerOptions& options);
   ~Scheduler();  // stops the thread; pending requests end with Unavailable
 
   // Validates and plans at once: InvalidArgument for bad fields,
@@ -164,7 +164,7 @@ class Scheduler {
   int64_t FitChunk(int64_t chunk, const SubmodelSpec& spec, const std::vector<const SubmodelSpec*>& rows,
                    absl::Duration allowance) const;
 
-  Engine* engine_;
+  ServingEngine* engine_;
   Planner* planner_;
   SchedulerOptions options_;
   StepObserver step_observer_;

@@ -2,8 +2,10 @@
 // rest is parsed as its request message (GenerateRequest, ScoreRequest,
 // TokenizeRequest) and run through the server's RequestBuilder, i.e. every
 // field check, tokenization of text fields, submodel spec parsing and budget
-// resolution, against the default model and deploy/tiers.json. No engine
-// runs. An accepted request must be within the limits the scheduler relies on.
+// resolution, against deploy/tiers.json and a serving engine whose steps never
+// run: the default model, or (bit 6 of the first byte) the tiny Gemma 3n
+// checkpoint, whose chat template the chat prompts go through. An accepted
+// request must be within the limits the scheduler relies on.
 //
 // Built with UBSan but not ASan: the tokenizer needs RTLD_DEEPBIND in a
 // process that also loads libprotobuf (core/model/sentencepiece_module.h),
@@ -18,7 +20,8 @@
 #include <vector>
 
 #include "absl/time/time.h"
-#include "core/model/weights.h"
+#include "core/engine.h"
+#include "core/gemma3n/serving.h"
 #include "matformer/v1/matformer.pb.h"
 #include "server/requests.h"
 #include "server/tiers.h"
@@ -35,24 +38,39 @@ constexpr RequestLimits kLimits = {
     .max_prompt_tokens = 64, .max_new_tokens_limit = 32, .max_stop_sequences = 4, .max_stop_bytes = 16};
 
 struct Fixture {
-  std::unique_ptr<matformer::Model> model;
-  std::vector<matformer::server::Tier> tiers;
+  std::unique_ptr<matformer::ServingEngine> engine;
   std::unique_ptr<RequestBuilder> builder;
 };
 
-const Fixture& GetFixture() {
-  static const Fixture* const fixture = [] {
-    auto* f = new Fixture;
-    auto model = matformer::Model::Load(MATFORMER_SOURCE_DIR "/models/default");
+// Engines with the smallest KV pool and no PLE cache: their steps never run.
+std::unique_ptr<matformer::ServingEngine> LoadEngine(bool gemma3n) {
+  if (gemma3n) {
+    auto model = matformer::gemma3n::Model::Load(MATFORMER_SOURCE_DIR "/tests/data/gemma3n-tiny", {.ffn_granule = 32});
     FUZZ_CHECK(model.ok());
-    f->model = *std::move(model);
-    auto tiers = matformer::server::LoadTiers(MATFORMER_SOURCE_DIR "/deploy/tiers.json");
-    FUZZ_CHECK(tiers.ok());
-    f->tiers = *std::move(tiers);
-    f->builder = std::make_unique<RequestBuilder>(*f->model, f->tiers, kLimits);
-    return f;
+    auto engine = matformer::gemma3n::ServingModel::Create(*std::move(model), {.kv_blocks = 1, .ple_cache_bytes = 0});
+    FUZZ_CHECK(engine.ok());
+    return *std::move(engine);
+  }
+  auto model = matformer::Model::Load(MATFORMER_SOURCE_DIR "/models/default");
+  FUZZ_CHECK(model.ok());
+  auto engine = matformer::Engine::Create(*std::move(model), {.kv_blocks = 1, .ple_cache_bytes = 0});
+  FUZZ_CHECK(engine.ok());
+  return *std::move(engine);
+}
+
+const Fixture& GetFixture(bool gemma3n) {
+  static const std::vector<matformer::server::Tier>* const tiers = [] {
+    auto loaded = matformer::server::LoadTiers(MATFORMER_SOURCE_DIR "/deploy/tiers.json");
+    FUZZ_CHECK(loaded.ok());
+    return new std::vector<matformer::server::Tier>(*std::move(loaded));
   }();
-  return *fixture;
+  static Fixture* const fixtures = new Fixture[2];
+  Fixture& f = fixtures[gemma3n ? 1 : 0];
+  if (f.engine == nullptr) {
+    f.engine = LoadEngine(gemma3n);
+    f.builder = std::make_unique<RequestBuilder>(*f.engine, *tiers, kLimits);
+  }
+  return f;
 }
 
 // What the scheduler and engine rely on for an accepted request.
@@ -81,8 +99,8 @@ void Report(const absl::Status& status) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 2) return 0;
-  const Fixture& fixture = GetFixture();
-  const matformer::ModelConfig& config = fixture.model->config();
+  const Fixture& fixture = GetFixture((data[0] & 0x40) != 0);
+  const matformer::ModelConfig& config = fixture.engine->config();
   // A fixed clock; bit 7 of the selector gives the call a deadline one second out.
   const absl::Time now = absl::FromUnixSeconds(1800000000);
   const std::optional<absl::Time> deadline =

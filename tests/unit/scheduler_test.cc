@@ -28,7 +28,7 @@ std::vector<Candidate> UniformCandidates(const ModelConfig& config) {
   std::vector<Candidate> candidates;
   const double losses[] = {4.0, 3.5, 3.2, 3.0};
   for (int g = 3; g >= 0; --g) {
-    candidates.push_back({*SubmodelSpec::Uniform(config, config.granularity_names[g]), losses[g], true});
+    candidates.push_back({*SubmodelSpec::Uniform(config, config.granularity_names[g]), losses[g], true, ""});
   }
   return candidates;
 }
