@@ -73,9 +73,9 @@ absl::StatusOr<ModelConfig> ServingConfig(const Config& config, int64_t ffn_gran
   const int64_t ff = config.intermediate_size.front();
   for (size_t l = 0; l < config.intermediate_size.size(); ++l) {
     if (config.intermediate_size[l] != ff) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "config.json: intermediate_size differs between layers (layer ", l, ": ", config.intermediate_size[l],
-          ", layer 0: ", ff, "); serving needs one FFN width for every layer"));
+      return absl::InvalidArgumentError(absl::StrCat("config.json: intermediate_size differs between layers (layer ", l,
+                                                     ": ", config.intermediate_size[l], ", layer 0: ", ff,
+                                                     "); serving needs one FFN width for every layer"));
     }
   }
   if (ffn_granule < 1) return absl::InvalidArgumentError(absl::StrCat("ffn_granule = ", ffn_granule, " must be >= 1"));
@@ -120,7 +120,8 @@ absl::StatusOr<Slice> SpecToSlice(const Config& config, int64_t ffn_granule, con
     if (!spec.skipped(l)) kept_widths.push_back(spec.ffn_width(l));
   }
   absl::StatusOr<Slice> slice = Slice::Create(config, ffn_granule, kept_widths, spec.SkippedLayers(), spec.name());
-  if (!slice.ok()) return absl::InvalidArgumentError(absl::StrCat("spec '", spec.name(), "': ", slice.status().message()));
+  if (!slice.ok())
+    return absl::InvalidArgumentError(absl::StrCat("spec '", spec.name(), "': ", slice.status().message()));
   return slice;
 }
 
@@ -155,12 +156,16 @@ absl::StatusOr<std::vector<Candidate>> CandidatesFromSlicingTable(const Config& 
     if (!spec.ok()) return absl::InvalidArgumentError(absl::StrCat(where, spec.status().message()));
     absl::StatusOr<Slice> slice = SpecToSlice(config, ffn_granule, *spec);
     if (!slice.ok()) return absl::InvalidArgumentError(absl::StrCat(where, slice.status().message()));
-    candidates.push_back({.spec = *std::move(spec), .expected_loss = 1.0 - row.mmlu, .measured = true,
-                          .label = row.name});
+    candidates.push_back(
+        {.spec = *std::move(spec), .expected_loss = 1.0 - row.mmlu, .measured = true, .label = row.name});
   }
   if (candidates.empty()) return absl::InvalidArgumentError(absl::StrCat(csv_path, ": no rows"));
   std::stable_sort(candidates.begin(), candidates.end(),
-                   [](const Candidate& a, const Candidate& b) { return a.expected_loss < b.expected_loss; });
+                   [](const Candidate& a, const Candidate& b) {
+                     // Equal quality: the cheaper slice first.
+                     if (a.expected_loss != b.expected_loss) return a.expected_loss < b.expected_loss;
+                     return a.spec.active_params() < b.spec.active_params();
+                   });
   return candidates;
 }
 
@@ -204,8 +209,10 @@ absl::StatusOr<std::vector<float>> ServingModel::Step(absl::Span<const matformer
     auto* sequence = dynamic_cast<SlicedSequence*>(input.sequence);
     if (sequence == nullptr) return absl::InvalidArgumentError("step: a sequence not made by this engine");
     if (!sequence->slice.ok()) return sequence->slice.status();
-    sliced.push_back(
-        {.slice = &*sequence->slice, .cache = &sequence->cache, .tokens = input.tokens, .all_logits = input.all_logits});
+    sliced.push_back({.slice = &*sequence->slice,
+                      .cache = &sequence->cache,
+                      .tokens = input.tokens,
+                      .all_logits = input.all_logits});
   }
   return model_->Step(sliced, {.ple_cache = ple_cache_.get()});
 }

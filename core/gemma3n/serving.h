@@ -33,7 +33,8 @@ absl::StatusOr<Slice> SpecToSlice(const Config& config, int64_t ffn_granule, con
 // The published slicing table (gemma3n-slicing-configs.csv) as the planner's
 // quality table: one candidate per row, labelled with the row's name, with
 // expected loss 1 - MMLU accuracy (so "lower is better" and the requests'
-// max_expected_loss floor mean what they do for quality.json), best first.
+// max_expected_loss floor mean what they do for quality.json), best first
+// (cheaper first at equal quality).
 // A row that is not a valid slice of this model is an error naming it.
 absl::StatusOr<std::vector<Candidate>> CandidatesFromSlicingTable(const Config& config, int64_t ffn_granule,
                                                                   const ModelConfig& serving,

@@ -23,6 +23,7 @@ namespace {
 using ::matformer::testing::FreshDirectory;
 using ::matformer::testing::ScopedDirectory;
 using ::matformer::testing::Gemma3nTinyDir;
+using ::matformer::testing::E4BConfig;
 using ::matformer::testing::ReadJson;
 using Json = nlohmann::json;
 
@@ -39,31 +40,6 @@ std::vector<PublishedSlice> PublishedTable() {
   return table.ok() ? *table : std::vector<PublishedSlice>{};
 }
 
-// The text config of google/gemma-3n-E4B (dimensions as published).
-Config E4BConfig() {
-  Json c = ReadJson(Gemma3nTinyDir() + "/config.json");
-  const int L = 35;
-  c["vocab_size"] = 262400;
-  c["vocab_size_per_layer_input"] = 262144;
-  c["hidden_size"] = 2048;
-  c["num_hidden_layers"] = L;
-  c["intermediate_size"] = std::vector<int>(L, 16384);
-  c["num_attention_heads"] = 8;
-  c["num_key_value_heads"] = 2;
-  c["head_dim"] = 256;
-  c["num_kv_shared_layers"] = 15;
-  c["sliding_window"] = 512;
-  c["max_position_embeddings"] = 32768;
-  c["layer_types"] = Json::array();
-  c["activation_sparsity_pattern"] = Json::array();
-  for (int i = 0; i < L; ++i) {
-    c["layer_types"].push_back((i + 1) % 5 == 0 ? "full_attention" : "sliding_attention");
-    c["activation_sparsity_pattern"].push_back(i < 10 ? 0.95 : 0.0);
-  }
-  auto config = ParseConfig(c.dump());
-  EXPECT_TRUE(config.ok()) << config.status();
-  return *config;
-}
 
 TEST(Gemma3nSlicingTable, ParsesThePublishedTable) {
   const std::vector<PublishedSlice> table = PublishedTable();

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "core/gemma3n/config.h"
 #include "core/model/safetensors.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -79,6 +80,32 @@ inline std::string WriteTinyCopy(const std::string& name, const std::function<vo
     std::filesystem::copy_file(Gemma3nTinyDir() + "/model.safetensors", dir + "/model.safetensors");
   }
   return dir;
+}
+
+// The text config of google/gemma-3n-E4B (dimensions as published).
+inline gemma3n::Config E4BConfig() {
+  nlohmann::json c = ReadJson(Gemma3nTinyDir() + "/config.json");
+  const int L = 35;
+  c["vocab_size"] = 262400;
+  c["vocab_size_per_layer_input"] = 262144;
+  c["hidden_size"] = 2048;
+  c["num_hidden_layers"] = L;
+  c["intermediate_size"] = std::vector<int>(L, 16384);
+  c["num_attention_heads"] = 8;
+  c["num_key_value_heads"] = 2;
+  c["head_dim"] = 256;
+  c["num_kv_shared_layers"] = 15;
+  c["sliding_window"] = 512;
+  c["max_position_embeddings"] = 32768;
+  c["layer_types"] = nlohmann::json::array();
+  c["activation_sparsity_pattern"] = nlohmann::json::array();
+  for (int i = 0; i < L; ++i) {
+    c["layer_types"].push_back((i + 1) % 5 == 0 ? "full_attention" : "sliding_attention");
+    c["activation_sparsity_pattern"].push_back(i < 10 ? 0.95 : 0.0);
+  }
+  auto config = gemma3n::ParseConfig(c.dump());
+  EXPECT_TRUE(config.ok()) << config.status();
+  return *config;
 }
 
 }  // namespace matformer::testing
