@@ -41,6 +41,8 @@ ABSL_FLAG(std::vector<std::string>, prompt_ids, {},
           "Prompt as comma-separated token ids, instead of --prompt (tokenize: ids to decode)");
 ABSL_FLAG(std::string, continuation, "", "score: the continuation text to score");
 ABSL_FLAG(std::vector<std::string>, continuation_ids, {}, "score: the continuation as comma-separated token ids");
+ABSL_FLAG(bool, chat, false,
+          "generate: send --prompt as one user message of a chat (the model's chat template; Gemma 3n)");
 ABSL_FLAG(bool, stream, false, "generate: print tokens as they are generated (GenerateStream)");
 ABSL_FLAG(std::optional<absl::Duration>, budget, std::nullopt, "Latency budget, e.g. 250ms; unset: tier/deadline");
 ABSL_FLAG(std::string, tier, "", "Service tier, e.g. interactive, standard, batch");
@@ -168,6 +170,7 @@ double Millis(const google::protobuf::Duration& d) { return d.seconds() * 1e3 + 
 std::string DescribeSubmodel(const v1::Submodel& submodel) {
   std::string text = absl::StrFormat("spec %s, %.2f M active params", submodel.name(), submodel.active_params() / 1e6);
   if (submodel.has_expected_loss()) absl::StrAppendFormat(&text, ", expected loss %.3f", submodel.expected_loss());
+  if (!submodel.label().empty()) absl::StrAppendFormat(&text, " (%s)", submodel.label());
   return text;
 }
 
@@ -207,6 +210,12 @@ void PrintSummary(const v1::GenerateResponse& response) {
 int Generate(v1::MatFormer::Stub& stub) {
   v1::GenerateRequest request;
   if (absl::Status filled = FillCommon(request); !filled.ok()) return UsageError(std::string(filled.message()));
+  if (absl::GetFlag(FLAGS_chat)) {
+    if (!request.has_text()) return UsageError("--chat sends --prompt as a user message; --prompt_ids cannot be chat");
+    v1::ChatMessage* message = request.mutable_chat()->add_messages();  // replaces the text prompt (a oneof)
+    message->set_role("user");
+    message->set_content(absl::GetFlag(FLAGS_prompt));
+  }
   v1::Sampling* sampling = request.mutable_sampling();
   sampling->set_temperature(static_cast<float>(absl::GetFlag(FLAGS_temperature)));
   sampling->set_top_k(absl::GetFlag(FLAGS_top_k));

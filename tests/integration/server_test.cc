@@ -337,6 +337,19 @@ TEST_F(ServerTest, BadInputsAreInvalidArgumentsNamingTheField) {
       {"prompt", [](v1::GenerateRequest& r) { r.clear_prompt(); }},
       {"text", [](v1::GenerateRequest& r) { r.set_text(""); }},
       {"text", [&](v1::GenerateRequest& r) { r.set_text(bad_utf8); }},
+      // The matformer_ple format has no chat template.
+      {"messages",
+       [](v1::GenerateRequest& r) {
+         v1::ChatMessage* message = r.mutable_chat()->add_messages();
+         message->set_role("user");
+         message->set_content("hello");
+       }},
+      {"chat.messages[0].content",
+       [&](v1::GenerateRequest& r) {
+         v1::ChatMessage* message = r.mutable_chat()->add_messages();
+         message->set_role("user");
+         message->set_content(bad_utf8);
+       }},
       {"max_prompt_tokens",
        [](v1::GenerateRequest& r) {
          for (int i = 0; i <= kMaxPromptTokens; ++i) r.mutable_token_ids()->add_ids(5);
