@@ -24,16 +24,22 @@ else
   deploy/container-smoke.sh
 fi
 
-cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DMATFORMER_WERROR=ON -DMATFORMER_SANITIZE=address >/dev/null
-cmake --build build-asan -j2 --target unit_tests
-(cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j2 -L unit)
+# The unit and integration suites under ASan+UBSan: the engine, and the real
+# server (built with ASan) started by the integration tests. RelWithDebInfo:
+# at -O0 the server's start-up calibration alone takes seconds.
+cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMATFORMER_WERROR=ON -DMATFORMER_SANITIZE=address >/dev/null
+cmake --build build-asan -j2 --target unit_tests server_integration_test elastic_integration_test \
+  security_integration_test gemma3n_integration_test
+(cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j2 -L "unit|integration")
 
-# The structures shared across threads, under ThreadSanitizer. (The engine's
-# OpenMP regions are left out: Debian's libgomp is not TSan-instrumented and
-# reports its own barriers.)
-cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DMATFORMER_WERROR=ON -DMATFORMER_SANITIZE=thread >/dev/null
-cmake --build build-tsan -j2 --target ple_cache_test kv_cache_test
-(cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure -R "PleCache|KvPool")
+# The structures shared across threads, under ThreadSanitizer: the PLE cache,
+# the KV pool, and the scheduler driving a real engine (both model families)
+# while tests submit, cancel and wait from other threads. One OpenMP thread:
+# Debian's libgomp is not TSan-instrumented and reports its own barriers.
+cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMATFORMER_WERROR=ON -DMATFORMER_SANITIZE=thread >/dev/null
+cmake --build build-tsan -j2 --target ple_cache_test kv_cache_test scheduler_test gemma3n_serving_test
+(cd build-tsan && OMP_NUM_THREADS=1 TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure \
+  -R "PleCache|KvPool|SchedulerTest|Gemma3nServingTest")
 
 # libFuzzer: each target (tests/fuzz) 60 s from its seed corpus; fails on any crash.
 scripts/fuzz.sh 60

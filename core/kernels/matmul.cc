@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 
@@ -14,7 +15,6 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "core/kernels/small_m_bf16.h"
 #include "oneapi/dnnl/dnnl.hpp"
 
@@ -120,7 +120,7 @@ class PrimitiveCache {
   }
 
   const Primitive& Find(const PrimitiveKey& key, const memory::desc& weights_md) {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     std::unique_ptr<Primitive>& slot = primitives_[key];
     if (slot == nullptr) slot = Create(key, weights_md);
     return *slot;
@@ -155,7 +155,7 @@ class PrimitiveCache {
     }
   }
 
-  absl::Mutex mu_;
+  std::mutex mu_;  // std::mutex: visible to ThreadSanitizer (scheduler.h says why)
   absl::flat_hash_map<PrimitiveKey, std::unique_ptr<Primitive>> primitives_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -14,20 +14,38 @@ namespace matformer::spm {
 namespace {
 
 // RTLD_DEEPBIND keeps SentencePiece on its own protobuf copy. The ASan and
-// TSan runtimes refuse it, so those builds bind it like any library: fine for
-// the engine and its tests, but such a build of the gRPC server (which also
-// loads libprotobuf) cannot load a tokenizer. GCC defines __SANITIZE_*__;
-// clang (the fuzz build) only answers __has_feature. UBSan alone accepts it.
+// TSan runtimes' dlopen interceptor refuses it (google/sanitizers#611): a
+// deep-bound library would find libc's malloc before the runtime's.
+// - GCC's sanitizer builds link the shared runtime into the module too, first
+//   among its dependencies (CMake defines MATFORMER_SANITIZER_IN_MODULE), so
+//   deep binding finds the runtime's malloc first and the objection does not
+//   apply: they call glibc's own dlopen, past the interceptor. This is what
+//   lets the gRPC server (which also loads libprotobuf) run under ASan.
+// - Clang's (the fuzz builds) keep the runtime in the executable: there the
+//   module is bound like any library, which works in processes without
+//   libprotobuf. GCC defines __SANITIZE_*__; clang only answers __has_feature.
 #if defined(__has_feature)
 #if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define MATFORMER_NO_DEEPBIND 1
+#define MATFORMER_SANITIZER_BUILD 1
 #endif
 #endif
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__) || defined(MATFORMER_NO_DEEPBIND)
-constexpr int kDlopenFlags = RTLD_NOW | RTLD_LOCAL;
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define MATFORMER_SANITIZER_BUILD 1
+#endif
+
+void* OpenModule(const char* path) {
+#if defined(MATFORMER_SANITIZER_IN_MODULE)
+  using DlopenFunction = void* (*)(const char*, int);
+  void* libc = dlopen("libc.so.6", RTLD_NOW | RTLD_NOLOAD);
+  auto libc_dlopen = libc == nullptr ? nullptr : reinterpret_cast<DlopenFunction>(dlsym(libc, "dlopen"));
+  if (libc_dlopen == nullptr) return nullptr;
+  return libc_dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+#elif defined(MATFORMER_SANITIZER_BUILD)
+  return dlopen(path, RTLD_NOW | RTLD_LOCAL);
 #else
-constexpr int kDlopenFlags = RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND;
+  return dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
 #endif
+}
 
 struct Module {
   LoadBackendFunction load = nullptr;
@@ -62,7 +80,7 @@ const Module& GetModule() {
         tried += " " + path + " (missing)";
         continue;
       }
-      void* handle = dlopen(path.c_str(), kDlopenFlags);
+      void* handle = OpenModule(path.c_str());
       if (handle == nullptr) {
         loaded->error = std::string("cannot load the SentencePiece module: ") + dlerror();
         return loaded;

@@ -140,7 +140,7 @@ std::string LatencyModel::Describe(const ModelConfig& config) const {
 }
 
 double LatencyModel::correction() const {
-  absl::MutexLock lock(&mutex_);
+  std::lock_guard<std::mutex> lock(mutex_);
   return correction_;
 }
 
@@ -225,12 +225,12 @@ void LatencyModel::Observe(const std::vector<const SubmodelSpec*>& row_specs, co
   const double predicted = RawSeconds(row_specs, config);
   if (predicted <= 0.0) return;
   const double ratio = std::clamp(absl::ToDoubleSeconds(actual) / predicted, 0.25, 4.0);
-  absl::MutexLock lock(&mutex_);
+  std::lock_guard<std::mutex> lock(mutex_);
   correction_ = 0.9 * correction_ + 0.1 * ratio;
 }
 
 RequestCorrection::Factors RequestCorrection::factors() const {
-  absl::MutexLock lock(&mutex_);
+  std::lock_guard<std::mutex> lock(mutex_);
   return factors_;
 }
 
@@ -241,7 +241,7 @@ void RequestCorrection::Observe(absl::Duration uncorrected, absl::Duration actua
   // Clamped so that one stalled request (a descheduled process) cannot swing it.
   const double ratio = std::clamp(absl::ToDoubleSeconds(actual) / predicted, 0.25, 10.0);
   constexpr double kWeight = 0.1;
-  absl::MutexLock lock(&mutex_);
+  std::lock_guard<std::mutex> lock(mutex_);
   factors_.deviation = (1 - kWeight) * factors_.deviation + kWeight * std::abs(ratio - factors_.mean);
   factors_.mean = (1 - kWeight) * factors_.mean + kWeight * ratio;
 }

@@ -2,13 +2,13 @@
 #define MATFORMER_CORE_PLAN_PLANNER_H_
 
 #include <cstdint>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "core/serving_engine.h"
 #include "core/model/submodel.h"
@@ -63,7 +63,7 @@ class LatencyModel {
   std::vector<double> fixed_, per_row_;  // per granularity index
   int num_layers_;
   bool learning_ = true;
-  mutable absl::Mutex mutex_;
+  mutable std::mutex mutex_;  // std::mutex: visible to ThreadSanitizer (scheduler.h says why)
   double correction_ ABSL_GUARDED_BY(mutex_) = 1.0;
 };
 
@@ -128,7 +128,7 @@ class RequestCorrection {
 
  private:
   bool learning_ = true;
-  mutable absl::Mutex mutex_;
+  mutable std::mutex mutex_;  // std::mutex: visible to ThreadSanitizer (scheduler.h says why)
   Factors factors_ ABSL_GUARDED_BY(mutex_);
 };
 

@@ -54,9 +54,10 @@ Scheduler::Scheduler(ServingEngine* engine, Planner* planner, const SchedulerOpt
 
 Scheduler::~Scheduler() {
   {
-    absl::MutexLock lock(&mutex_);
+    std::lock_guard<std::mutex> lock(mutex_);
     stopping_ = true;
   }
+  changed_.notify_all();
   thread_.join();
 }
 
@@ -194,7 +195,7 @@ absl::StatusOr<std::shared_ptr<RequestHandle>> Scheduler::Submit(SchedulerReques
                            .budget = request.budget,
                            .pinned = request.pinned_spec,
                            .max_expected_loss = request.max_expected_loss};
-  absl::MutexLock lock(&mutex_);
+  std::lock_guard<std::mutex> lock(mutex_);
   if (draining_ || stopping_) return absl::UnavailableError("server is draining; retry on another replica");
   if (static_cast<int>(queue_.size()) >= options_.max_queue) {
     return absl::ResourceExhaustedError(
@@ -218,22 +219,24 @@ absl::StatusOr<std::shared_ptr<RequestHandle>> Scheduler::Submit(SchedulerReques
   auto position = std::upper_bound(queue_.begin(), queue_.end(), active,
                                    [&](const auto& a, const auto& b) { return before(*a, *b); });
   queue_.insert(position, std::move(active));
+  changed_.notify_all();
   return handle;
 }
 
 void Scheduler::Drain(absl::Duration timeout) {
-  absl::MutexLock lock(&mutex_);
+  std::unique_lock<std::mutex> lock(mutex_);
   draining_ = true;
   auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) { return queue_.empty() && running_count_ == 0; };
-  if (!mutex_.AwaitWithTimeout(absl::Condition(&idle), timeout)) {
+  // The drain timeout is bounded (--drain_timeout, at most an hour), so it fits std::chrono.
+  if (!changed_.wait_for(lock, absl::ToChronoNanoseconds(timeout), idle)) {
     for (auto& queued : queue_) queued->handle->Cancel();
     cancel_running_ = true;
-    mutex_.Await(absl::Condition(&idle));
+    changed_.wait(lock, idle);
   }
 }
 
 SchedulerStats Scheduler::stats() const {
-  absl::MutexLock lock(&mutex_);
+  std::lock_guard<std::mutex> lock(mutex_);
   return SchedulerStats{.running = running_count_,
                         .queued = static_cast<int>(queue_.size()),
                         .kv_blocks_used = engine_->kv_pool().used_blocks(),
@@ -263,7 +266,7 @@ void Scheduler::Finish(std::unique_ptr<Active> active, absl::Status status) {
     planner_->correction().Observe((plan.predicted_queue + plan.predicted_prefill + decode_done) / plan.request_scale,
                                    result.timings.total);
     // Service time of a whole request, for the queue-wait estimate of newcomers.
-    absl::MutexLock lock(&mutex_);
+    std::lock_guard<std::mutex> lock(mutex_);
     service_seconds_ = 0.8 * service_seconds_ + 0.2 * absl::ToDoubleSeconds(now - active->admitted);
   }
   active->sequence.reset();  // returns the KV blocks before anyone hears about it
@@ -320,7 +323,7 @@ bool Scheduler::Accept(Active& active, absl::Span<const float> logits) {
 void Scheduler::Admit() {
   std::vector<std::unique_ptr<Active>> rejected;
   {
-    absl::MutexLock lock(&mutex_);
+    std::lock_guard<std::mutex> lock(mutex_);
     while (!queue_.empty() && running_count_ < options_.max_batch_sequences) {
       Active& next = *queue_.front();
       if (next.handle->cancelled()) {
@@ -352,6 +355,7 @@ void Scheduler::Admit() {
       ++running_count_;
     }
   }
+  changed_.notify_all();  // the queue shrank
   for (auto& active : rejected) {
     const bool cancelled = active->handle->cancelled();
     Finish(std::move(active), cancelled ? absl::CancelledError("cancelled while queued")
@@ -459,7 +463,7 @@ bool Scheduler::RunOneStep() {
     }
   }
   Compact();
-  absl::MutexLock lock(&mutex_);
+  std::lock_guard<std::mutex> lock(mutex_);
   ++steps_;
   return true;
 }
@@ -467,20 +471,21 @@ bool Scheduler::RunOneStep() {
 // Drops finished entries from the running set and republishes its specs.
 void Scheduler::Compact() {
   std::erase(running_, nullptr);
-  absl::MutexLock lock(&mutex_);
+  std::lock_guard<std::mutex> lock(mutex_);
   running_rows_.clear();
   for (const auto& active : running_) running_rows_.push_back(Describe(*active));
   running_count_ = static_cast<int>(running_.size());
+  changed_.notify_all();
 }
 
 void Scheduler::Loop() {
   while (true) {
     {
-      absl::MutexLock lock(&mutex_);
+      std::unique_lock<std::mutex> lock(mutex_);
       auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
         return stopping_ || !queue_.empty() || running_count_ > 0;
       };
-      mutex_.Await(absl::Condition(&has_work));
+      changed_.wait(lock, has_work);
       if (stopping_) break;
     }
     RunOneStep();
@@ -488,7 +493,7 @@ void Scheduler::Loop() {
   // Shutting down: everyone still here hears so.
   std::vector<std::unique_ptr<Active>> left;
   {
-    absl::MutexLock lock(&mutex_);
+    std::lock_guard<std::mutex> lock(mutex_);
     for (auto& queued : queue_) left.push_back(std::move(queued));
     queue_.clear();
   }

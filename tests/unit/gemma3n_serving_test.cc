@@ -8,14 +8,15 @@
 // accuracies are invented inputs that only order the rows.
 #include <cmath>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
 #include "absl/strings/match.h"
-#include "absl/synchronization/notification.h"
 #include "core/gemma3n/serving.h"
 #include "core/sched/scheduler.h"
 #include "gtest/gtest.h"
+#include "tests/unit/test_sync.h"
 #include "tests/unit/gemma3n_test_util.h"
 
 namespace matformer::gemma3n {
@@ -193,7 +194,7 @@ TEST_F(Gemma3nServingTest, SchedulerServesEverySliceConcurrentlyAsTheModelDecode
   StartScheduler();
   struct Outcome {
     SchedulerResult result;
-    absl::Notification done;
+    testing::Notification done;
   };
   std::vector<std::unique_ptr<Outcome>> outcomes;
   std::vector<std::vector<int32_t>> prompts;
@@ -239,7 +240,7 @@ TEST_F(Gemma3nServingTest, PlannerPicksACheaperPublishedSliceForATighterBudget) 
     request.prompt = {2, 68, 20, 13};
     request.max_new_tokens = 20;
     request.budget = budget;
-    absl::Notification done;
+    testing::Notification done;
     SchedulerResult result;
     auto handle =
         scheduler_->Submit(std::move(request), {.on_tokens = nullptr, .on_done = [&](const SchedulerResult& r) {

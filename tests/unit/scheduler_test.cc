@@ -5,13 +5,14 @@
 #include <fstream>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
-#include "absl/synchronization/notification.h"
 #include "core/generate.h"
 #include "core/plan/planner.h"
 #include "gtest/gtest.h"
+#include "tests/unit/test_sync.h"
 #include "tests/unit/test_model.h"
 
 namespace matformer {
@@ -286,7 +287,7 @@ class SchedulerTest : public ::testing::Test {
     std::string streamed;
     std::vector<int32_t> streamed_tokens;
   };
-  std::shared_ptr<RequestHandle> Start(SchedulerRequest request, Outcome* outcome, absl::Notification* done) {
+  std::shared_ptr<RequestHandle> Start(SchedulerRequest request, Outcome* outcome, testing::Notification* done) {
     absl::StatusOr<std::shared_ptr<RequestHandle>> handle = scheduler_->Submit(
         std::move(request),
         {.on_tokens =
@@ -332,11 +333,11 @@ class SchedulerTest : public ::testing::Test {
 TEST_F(SchedulerTest, ConcurrentMixedSpecsMatchRunningAlone) {
   const std::vector<std::string> specs = {"XL", "S", "S-M-XL", "M-skip-L"};
   std::vector<Outcome> outcomes(specs.size());
-  std::vector<absl::Notification> done(specs.size());
+  std::vector<testing::Notification> done(specs.size());
   for (size_t i = 0; i < specs.size(); ++i) Start(Greedy(static_cast<int>(i), specs[i]), &outcomes[i], &done[i]);
   // Every request must be finished before the lone runs: Engine::Step is not
   // reentrant, and the scheduler thread drives the same engine.
-  for (absl::Notification& notification : done) notification.WaitForNotification();
+  for (testing::Notification& notification : done) notification.WaitForNotification();
   for (size_t i = 0; i < specs.size(); ++i) {
     const SchedulerResult& result = outcomes[i].result;
     ASSERT_TRUE(result.status.ok()) << result.status;
@@ -356,7 +357,7 @@ TEST_F(SchedulerTest, ConcurrentMixedSpecsMatchRunningAlone) {
 
 TEST_F(SchedulerTest, CancellationStopsWorkAndFreesBlocks) {
   Outcome outcome;
-  absl::Notification done;
+  testing::Notification done;
   SchedulerRequest request = Greedy(0, "XL", /*max_new_tokens=*/100);
   std::shared_ptr<RequestHandle> handle = Start(std::move(request), &outcome, &done);
   handle->Cancel();
@@ -374,10 +375,10 @@ TEST_F(SchedulerTest, PrefillChunksShrinkToKeepATightDecodeInBudget) {
   scheduler_ = std::make_unique<Scheduler>(
       engine_.get(), planner_.get(),
       SchedulerOptions{.max_batch_sequences = 8, .max_queue = 4, .prefill_chunk = 64, .max_step_tokens = 128});
-  absl::Mutex mutex;
+  std::mutex mutex;
   std::vector<int> step_tokens;
   scheduler_->set_step_observer([&](int rows, absl::Duration) {
-    absl::MutexLock lock(&mutex);
+    std::lock_guard<std::mutex> lock(mutex);
     step_tokens.push_back(rows);
   });
   // A decodes 100 tokens in a 2 s budget: at most 2000 / 98 = 20.4 ms per
@@ -387,7 +388,7 @@ TEST_F(SchedulerTest, PrefillChunksShrinkToKeepATightDecodeInBudget) {
   // Submitted together: the first step may carry both prompts, every later
   // step has A decoding.
   Outcome tight_outcome, long_outcome;
-  absl::Notification tight_done, long_done;
+  testing::Notification tight_done, long_done;
   SchedulerRequest tight = Greedy(0, "XL", /*max_new_tokens=*/100);
   tight.budget = absl::Milliseconds(100 * 20);
   Start(std::move(tight), &tight_outcome, &tight_done);
@@ -397,7 +398,7 @@ TEST_F(SchedulerTest, PrefillChunksShrinkToKeepATightDecodeInBudget) {
   tight_done.WaitForNotification();
   EXPECT_TRUE(tight_outcome.result.status.ok()) << tight_outcome.result.status;
   EXPECT_TRUE(long_outcome.result.status.ok()) << long_outcome.result.status;
-  absl::MutexLock lock(&mutex);
+  std::lock_guard<std::mutex> lock(mutex);
   ASSERT_FALSE(step_tokens.empty());
   int largest_shared = 0;
   for (size_t i = 1; i < step_tokens.size(); ++i) largest_shared = std::max(largest_shared, step_tokens[i]);
@@ -407,7 +408,7 @@ TEST_F(SchedulerTest, PrefillChunksShrinkToKeepATightDecodeInBudget) {
 
 TEST_F(SchedulerTest, ExpiredDeadlineEndsTheRequest) {
   Outcome outcome;
-  absl::Notification done;
+  testing::Notification done;
   SchedulerRequest request = Greedy(0, "XL", 100);
   request.deadline = absl::Now() - absl::Milliseconds(1);
   Start(std::move(request), &outcome, &done);
@@ -439,7 +440,7 @@ TEST_F(SchedulerTest, ScoringReturnsTheContinuationLogProbabilities) {
   SchedulerRequest request = Greedy(0, "M");
   request.continuation = {5, 9, 14};
   Outcome outcome;
-  absl::Notification done;
+  testing::Notification done;
   Start(request, &outcome, &done);
   done.WaitForNotification();
   ASSERT_TRUE(outcome.result.status.ok()) << outcome.result.status;
@@ -460,7 +461,7 @@ TEST_F(SchedulerTest, ScoringReturnsTheContinuationLogProbabilities) {
 
 TEST_F(SchedulerTest, DrainFinishesInFlightWorkThenRefuses) {
   Outcome outcome;
-  absl::Notification done;
+  testing::Notification done;
   Start(Greedy(0, "S", 8), &outcome, &done);
   scheduler_->Drain(absl::Seconds(30));
   EXPECT_TRUE(done.HasBeenNotified());
