@@ -41,6 +41,7 @@
 #include "absl/strings/strip.h"
 #include "absl/strings/ascii.h"
 #include "bench/machine_limits.h"
+#include "bench/process_stats.h"
 #include "core/engine.h"
 #include "core/model/submodel.h"
 #include "core/model/weights.h"
@@ -73,33 +74,8 @@ using Json = nlohmann::ordered_json;
 
 constexpr int kBlockTokens = 16;
 
-double Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
-double Median(std::vector<double> values) {
-  std::sort(values.begin(), values.end());
-  const size_t n = values.size();
-  return n % 2 == 1 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
-}
-
 double Best(const std::vector<double>& seconds) {
   return *std::min_element(seconds.begin(), seconds.end());
-}
-
-absl::StatusOr<std::vector<int>> ParseInts(const std::string& list, const char* flag) {
-  std::vector<int> values;
-  for (absl::string_view text : absl::StrSplit(list, ',', absl::SkipEmpty())) {
-    int value = 0;
-    if (!absl::SimpleAtoi(text, &value) || value < 1) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--", flag, ": '", text, "' is not a positive integer"));
-    }
-    values.push_back(value);
-  }
-  if (values.empty()) return absl::InvalidArgumentError(absl::StrCat("--", flag, " is empty"));
-  return values;
 }
 
 // What one step of `spec` multiplies, from the packed matrices themselves so
@@ -167,31 +143,6 @@ struct Memory {
   size_t model_file_bytes = 0;
 };
 
-// The limits allocate a 1 GiB buffer, which would otherwise be the peak:
-// "5" resets the kernel's high-water mark of this process to its current RSS.
-void ResetPeakRss() {
-  std::ofstream clear_refs("/proc/self/clear_refs");
-  clear_refs << "5";
-}
-
-// VmHWM (the high-water mark ResetPeakRss resets); getrusage's ru_maxrss when
-// /proc is unavailable, which then includes the limits' buffer.
-size_t PeakRssBytes() {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    size_t kib = 0;
-    if (line.rfind("VmHWM:", 0) == 0 && absl::SimpleAtoi(absl::StripAsciiWhitespace(absl::StripSuffix(
-                                                             absl::string_view(line).substr(6), "kB")),
-                                                         &kib)) {
-      return kib * 1024;
-    }
-  }
-  rusage usage;
-  getrusage(RUSAGE_SELF, &usage);
-  return static_cast<size_t>(usage.ru_maxrss) * 1024;
-}
-
 // The highest VmHWM seen before a reset: a limit measurement's buffer is kept
 // out of the peak by sampling VmHWM before it and resetting after it.
 size_t peak_rss_before_resets = 0;
@@ -211,27 +162,14 @@ absl::StatusOr<Memory> MeasureMemory(Engine& engine) {
   const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   Memory m;
   m.peak_rss = std::max(peak_rss_before_resets, PeakRssBytes());
-  {
-    std::ifstream statm("/proc/self/statm");
-    size_t size_pages = 0, resident_pages = 0;
-    if (!(statm >> size_pages >> resident_pages)) {
-      return absl::InternalError("cannot read /proc/self/statm");
-    }
-    m.current_rss = resident_pages * page;
-  }
+  m.current_rss = CurrentRssBytes();
   const TensorView& table = model.weights().ple_table;
   m.ple_table_bytes = table.nbytes;
-  // The table starts wherever the safetensors header put it: widen to pages,
-  // which stay inside the file's mapping.
+  MF_ASSIGN_OR_RETURN(const PageCount table_pages, PagesInPageCache(table.data, table.nbytes));
+  m.ple_table_pages = table_pages.total;
+  m.ple_pages_in_page_cache = table_pages.in_page_cache;
   const uintptr_t begin = reinterpret_cast<uintptr_t>(table.data) / page * page;
-  const uintptr_t end = (reinterpret_cast<uintptr_t>(table.data) + table.nbytes + page - 1) / page * page;
-  const size_t pages = (end - begin) / page;
-  m.ple_table_pages = static_cast<int64_t>(pages);
-  std::vector<unsigned char> in_core(pages);
-  if (mincore(reinterpret_cast<void*>(begin), end - begin, in_core.data()) != 0) {
-    return absl::InternalError(absl::StrCat("mincore failed: errno ", errno));
-  }
-  for (unsigned char v : in_core) m.ple_pages_in_page_cache += v & 1;
+  const size_t pages = static_cast<size_t>(table_pages.total);
   // mincore counts page-cache pages whoever read them; pagemap's present bit
   // (bit 63) counts the pages this process has actually faulted in.
   const int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
@@ -301,9 +239,9 @@ struct Results {
 absl::StatusOr<double> TimePrefill(Engine& engine, Sequence& sequence,
                                    const std::vector<int32_t>& prompt) {
   const StepInput input{&sequence, prompt};
-  const double start = Now();
+  const double start = NowSeconds();
   MF_RETURN_IF_ERROR(engine.Step({&input, 1}).status());
-  return Now() - start;
+  return NowSeconds() - start;
 }
 
 // A fresh engine per repeat, so the PLE cache holds none of the prompt's
@@ -395,9 +333,9 @@ absl::Status BenchSpec(Engine& engine, std::shared_ptr<const Model> model, const
       for (int step = 0; step < options.decode_warmup + options.decode_steps; ++step) {
         // Tokens of the prompt: PLE-cache hits, as after warm-up in a server.
         for (int i = 0; i < batch; ++i) tokens[i] = prompt[(7 * step + 13 * i) % prompt_length];
-        const double start = Now();
+        const double start = NowSeconds();
         MF_RETURN_IF_ERROR(engine.Step(inputs).status());
-        if (step >= options.decode_warmup) step_seconds.push_back(Now() - start);
+        if (step >= options.decode_warmup) step_seconds.push_back(NowSeconds() - start);
       }
       const double step = Median(step_seconds);
       const int64_t mid_length = prompt_length + options.decode_warmup + options.decode_steps / 2;
@@ -494,21 +432,12 @@ Json LimitsJson(const MachineLimits& limits) {
               {"f32_gflops", limits.f32_gflops}};
 }
 
-absl::Status DropFromPageCache(const std::string& path) {
-  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  const int error = posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-  close(fd);
-  if (error != 0) return absl::InternalError(absl::StrCat("posix_fadvise(", path, "): ", error));
-  return absl::OkStatus();
-}
-
 absl::Status Run() {
   const std::string model_dir = absl::GetFlag(FLAGS_model_dir);
   if (model_dir.empty()) return absl::InvalidArgumentError("--model_dir is required");
   Options options;
-  MF_ASSIGN_OR_RETURN(options.prompts, ParseInts(absl::GetFlag(FLAGS_prompts), "prompts"));
-  MF_ASSIGN_OR_RETURN(options.batches, ParseInts(absl::GetFlag(FLAGS_batches), "batches"));
+  MF_ASSIGN_OR_RETURN(options.prompts, ParseIntList("prompts", absl::GetFlag(FLAGS_prompts)));
+  MF_ASSIGN_OR_RETURN(options.batches, ParseIntList("batches", absl::GetFlag(FLAGS_batches)));
   options.prefill_repeats = std::max(1, absl::GetFlag(FLAGS_prefill_repeats));
   options.cold_repeats = std::max(0, absl::GetFlag(FLAGS_cold_repeats));
   options.decode_warmup = std::max(0, absl::GetFlag(FLAGS_decode_warmup));
@@ -535,7 +464,7 @@ absl::Status Run() {
   if (absl::GetFlag(FLAGS_drop_file_cache)) {
     MF_RETURN_IF_ERROR(DropFromPageCache(model_dir + "/model.safetensors"));
   }
-  const double load_start = Now();
+  const double load_start = NowSeconds();
   MF_ASSIGN_OR_RETURN(std::unique_ptr<Model> loaded, Model::Load(model_dir));
   std::shared_ptr<const Model> model = std::move(loaded);
   const ModelConfig c = model->config();  // a copy: the model is freed before the report
@@ -546,7 +475,7 @@ absl::Status Run() {
       static_cast<int64_t>(std::max(max_batch, options.prefill_repeats) + 1) *
       ((kv_context + kBlockTokens - 1) / kBlockTokens);
   MF_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(model, engine_options));
-  const double load_seconds = Now() - load_start;
+  const double load_seconds = NowSeconds() - load_start;
 
   std::vector<SubmodelSpec> specs;
   std::vector<std::string> spec_names = absl::GetFlag(FLAGS_specs);

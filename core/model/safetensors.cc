@@ -402,4 +402,20 @@ absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorT
   return absl::OkStatus();
 }
 
+namespace {
+
+// The whole pages inside a tensor's bytes, and madvise over them.
+void AdviseWholePages(const TensorView& tensor, int advice) {
+  static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t start = reinterpret_cast<uintptr_t>(tensor.data);
+  const uintptr_t begin = (start + page - 1) / page * page;
+  const uintptr_t end = (start + tensor.nbytes) / page * page;
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, advice);
+}
+
+}  // namespace
+
+void ReleasePages(const TensorView& tensor) { AdviseWholePages(tensor, MADV_DONTNEED); }
+void AdviseRandomRows(const TensorView& tensor) { AdviseWholePages(tensor, MADV_RANDOM); }
+
 }  // namespace matformer

@@ -141,10 +141,13 @@ absl::StatusOr<ModelWeights> LoadWeights(const ModelConfig& c, const Safetensors
   ModelWeights w;
   w.embed = reader.View("model.embed_tokens.weight");
   w.ple_table = reader.View("model.embed_tokens_per_layer.weight");
+  // Looked up a row per token (the PLE table stays mapped, never resident whole).
+  AdviseRandomRows(w.ple_table);
   MF_ASSIGN_OR_RETURN(w.ple_model_projection, reader.Matrix("model.per_layer_model_projection.weight"));
   w.ple_projection_norm = reader.Vector("model.per_layer_projection_norm.weight");
   w.final_norm = reader.Vector("model.norm.weight");
   MF_ASSIGN_OR_RETURN(w.lm_head, PackedMatrix::PackAll(w.embed));
+  AdviseRandomRows(w.embed);  // after the packing, which reads it all
   for (int layer = 0; layer < c.num_layers; ++layer) {
     MF_ASSIGN_OR_RETURN(LayerWeights layer_weights, LoadLayer(reader, layer));
     w.layers.push_back(std::move(layer_weights));
