@@ -7,9 +7,11 @@
 // checkpoint, whose chat template the chat prompts go through. An accepted
 // request must be within the limits the scheduler relies on.
 //
-// Built with UBSan but not ASan: the tokenizer needs RTLD_DEEPBIND in a
-// process that also loads libprotobuf (core/model/sentencepiece_module.h),
-// and ASan's dlopen refuses it. The tokenizer alone runs under ASan in
+// libFuzzer builds (clang) get UBSan but not ASan: clang keeps the ASan
+// runtime in the executable, and the tokenizer module, deep-bound to keep its
+// own protobuf away from gRPC's, would then allocate past it
+// (core/model/sentencepiece_adapter.cc). The replay of the corpus runs under
+// GCC's ASan with the unit tests. The tokenizer alone runs under ASan in
 // tokenizer_fuzz.
 #include <cstdint>
 #include <cstdio>
