@@ -27,7 +27,8 @@ def write(target, name, data):
 
 
 def requests():
-    # First byte: message type (0 Generate, 1 Score, 2 Tokenize); bit 7: the call has a deadline.
+    # First byte: message type in bits 0-5 (0 Generate, 1 Score, 2 Tokenize); bit 6: the tiny
+    # Gemma 3n checkpoint instead of the default model; bit 7: the call has a deadline.
     g = pb.GenerateRequest(text="And God said", max_new_tokens=8, tier="interactive")
     write("request", "generate_text", b"\x00" + g.SerializeToString())
     g = pb.GenerateRequest(max_new_tokens=4, spec_name="S-S-M-M-L-XL", stop_sequences=["\n", "Lord"])
@@ -50,6 +51,17 @@ def requests():
     t = pb.TokenizeRequest()
     t.token_ids.ids.extend([2, 300, 301, 302])
     write("request", "tokenize_ids", b"\x02" + t.SerializeToString())
+    g = pb.GenerateRequest(max_new_tokens=6, tier="interactive")
+    g.chat.messages.add(role="user", content="the cat")
+    write("request", "gemma3n_generate_chat", b"\x40" + g.SerializeToString())
+    g = pb.GenerateRequest(max_new_tokens=2)  # over the fuzz build's 64-token prompt limit
+    g.chat.messages.add(role="system", content="be brief")
+    g.chat.messages.add(role="user", content="the cat")
+    g.chat.messages.add(role="assistant", content="is on")
+    g.chat.messages.add(role="user", content="the mat")
+    write("request", "gemma3n_generate_chat_turns", b"\x40" + g.SerializeToString())
+    g = pb.GenerateRequest(text="the cat", layer_widths=[32] * 10 + [128] * 15, skipped_layers=[3, 21])
+    write("request", "gemma3n_generate_widths", b"\xc0" + g.SerializeToString())
 
 
 def tokenizer():

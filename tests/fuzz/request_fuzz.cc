@@ -109,7 +109,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       (data[0] & 0x80) != 0 ? std::optional<absl::Time>(now + absl::Seconds(1)) : std::nullopt;
   const uint8_t* message = data + 1;
   const int message_size = static_cast<int>(size - 1);
-  switch (data[0] % 3) {
+  switch ((data[0] & 0x3f) % 3) {  // bits 0-5: the RPC; bit 6: the model; bit 7: a deadline
     case 0: {
       matformer::v1::GenerateRequest request;
       if (!request.ParseFromArray(message, message_size)) return 0;
