@@ -5,6 +5,8 @@
 #include <cmath>
 #include <numeric>
 
+#include <omp.h>
+
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -49,6 +51,14 @@ struct Scheduler::Active {
 
 Scheduler::Scheduler(ServingEngine* engine, Planner* planner, const SchedulerOptions& options)
     : engine_(engine), planner_(planner), options_(options) {
+  // From here on the engine runs on the scheduler's thread. libgomp keeps a
+  // pool of OpenMP threads per thread that ever ran a parallel region (here:
+  // the caller's, from loading and calibration), and once it manages more
+  // threads than there are CPUs its workers stop spinning between regions and
+  // sleep: every region then pays a futex wake-up. Measured on the default
+  // model: 5.4 ms per 1-row XL step in the server against 0.5 ms calibrated
+  // before the scheduler existed. Releasing the caller's pool keeps one pool.
+  omp_pause_resource_all(omp_pause_hard);
   thread_ = std::thread([this] { Loop(); });
 }
 
