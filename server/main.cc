@@ -70,6 +70,9 @@ ABSL_FLAG(std::string, write_latency_model, "", "Write the latency model used (c
 ABSL_FLAG(bool, online_correction, true,
           "Refine the latency model from observed steps and requests; false plans from the model alone "
           "(reproducible choices, for tests and comparisons)");
+ABSL_FLAG(int, engine_threads, -1,
+          "OpenMP threads of the engine, -1..1024: -1 every core but one (left to gRPC; at least one), 0 OpenMP's "
+          "default (OMP_NUM_THREADS, else every core)");
 ABSL_FLAG(int, max_batch, 32, "Sequences per engine step, 1..1024");
 ABSL_FLAG(int, max_queue, 256, "Requests waiting for a batch slot, 1..100000; beyond it RESOURCE_EXHAUSTED");
 ABSL_FLAG(int64_t, kv_blocks, 1024,
@@ -126,6 +129,7 @@ ServerOptions OptionsFromFlags() {
   o.metrics_port = absl::GetFlag(FLAGS_metrics_port);
   o.policy = absl::GetFlag(FLAGS_policy);
   o.over_budget = absl::GetFlag(FLAGS_over_budget);
+  o.engine_threads = absl::GetFlag(FLAGS_engine_threads);
   o.max_batch = absl::GetFlag(FLAGS_max_batch);
   o.max_queue = absl::GetFlag(FLAGS_max_queue);
   o.kv_blocks = absl::GetFlag(FLAGS_kv_blocks);
@@ -213,6 +217,8 @@ int Run(const sigset_t& signals) {
     authenticator = *std::move(loaded);
   }
 
+  const int engine_threads = options.engine_threads == -1 ? DefaultEngineThreads() : options.engine_threads;
+  SetEngineThreads(engine_threads);  // calibration runs on this thread, steps on the scheduler's
   const absl::Time start = absl::Now();
   absl::StatusOr<LoadedModel> loaded = LoadModel(options);
   if (!loaded.ok()) {
@@ -230,9 +236,11 @@ int Run(const sigset_t& signals) {
       return Fail(kUsageExit, absl::InvalidArgumentError(absl::StrCat("--policy=", options.policy, ": ", valid.message())));
     }
   }
-  Log(absl::StrFormat("model %s (%s): %d layers, granularities %s, %.1f M active params at full width, loaded in %.2f s",
+  Log(absl::StrFormat("model %s (%s): %d layers, granularities %s, %.1f M active params at full width, loaded in %.2f s; "
+                      "engine threads %s",
                       options.model_dir, engine->family(), config.num_layers, absl::StrJoin(config.granularity_names, ","),
-                      SubmodelSpec::Full(config).active_params() / 1e6, SecondsSince(start)));
+                      SubmodelSpec::Full(config).active_params() / 1e6, SecondsSince(start),
+                      engine_threads == 0 ? "OpenMP default" : absl::StrCat(engine_threads)));
 
   const absl::Time calibration_start = absl::Now();
   const std::string latency_path = absl::GetFlag(FLAGS_latency_model);
@@ -256,7 +264,8 @@ int Run(const sigset_t& signals) {
 
   std::vector<int64_t> candidate_params;
   for (const Candidate& candidate : *candidates) candidate_params.push_back(candidate.spec.active_params());
-  const SchedulerOptions scheduler_options{.max_batch_sequences = options.max_batch, .max_queue = options.max_queue};
+  const SchedulerOptions scheduler_options{
+      .engine_threads = engine_threads, .max_batch_sequences = options.max_batch, .max_queue = options.max_queue};
   Planner planner(config, *std::move(candidates), *std::move(latency), policy->policy, policy->fixed_spec,
                   ParseOverBudget(options.over_budget), scheduler_options.prefill_chunk);
   planner.correction().set_learning(absl::GetFlag(FLAGS_online_correction));

@@ -47,6 +47,7 @@ absl::Status ValidateOptions(const ServerOptions& o) {
   const Range ranges[] = {
       {"port", o.port, 0, 65535},
       {"metrics_port", o.metrics_port, 0, 65535},
+      {"engine_threads", o.engine_threads, -1, 1024},
       {"max_batch", o.max_batch, 1, 1024},
       {"max_queue", o.max_queue, 1, 100000},
       {"kv_blocks", o.kv_blocks, 1, int64_t{1} << 24},

@@ -25,6 +25,7 @@ struct ServerOptions {
   std::string tiers;
   std::string policy;
   std::string over_budget;
+  int engine_threads = 0;  // -1: every core but one; 0: OpenMP's default
   int max_batch = 0;
   int max_queue = 0;
   int64_t kv_blocks = 0;

@@ -49,6 +49,12 @@ struct Scheduler::Active {
   const SubmodelSpec& spec() const { return handle->plan().choice.spec; }
 };
 
+void SetEngineThreads(int threads) {
+  if (threads > 0) omp_set_num_threads(threads);
+}
+
+int DefaultEngineThreads() { return std::max(1, static_cast<int>(std::thread::hardware_concurrency()) - 1); }
+
 Scheduler::Scheduler(ServingEngine* engine, Planner* planner, const SchedulerOptions& options)
     : engine_(engine), planner_(planner), options_(options) {
   // From here on the engine runs on the scheduler's thread. libgomp keeps a
@@ -489,6 +495,7 @@ void Scheduler::Compact() {
 }
 
 void Scheduler::Loop() {
+  SetEngineThreads(options_.engine_threads);
   while (true) {
     {
       std::unique_lock<std::mutex> lock(mutex_);

@@ -62,7 +62,20 @@ struct RequestCallbacks {
   std::function<void(const SchedulerResult& result)> on_done;  // exactly once
 };
 
+// OpenMP threads the engine's steps use on the calling thread (0: OpenMP's
+// default, every core). The scheduler sets its own thread's from
+// SchedulerOptions::engine_threads; a caller that calibrates on its own
+// thread sets that thread's the same way, so that calibration and serving run
+// alike.
+void SetEngineThreads(int threads);
+// Every core but one, which is left to the server's network threads (at least
+// one). Measured on 2 cores at 16 req/s (bench/README.md): 2.0 ms per step
+// with one engine thread, 6-8 ms with two, whose spinning workers took the
+// CPU the gRPC threads and the clients needed.
+int DefaultEngineThreads();
+
 struct SchedulerOptions {
+  int engine_threads = 0;         // see SetEngineThreads; 0: OpenMP's default
   int max_batch_sequences = 32;   // sequences in one engine step
   int max_queue = 256;            // admitted but not yet running; beyond: ResourceExhausted
   int prefill_chunk = 256;        // prompt tokens per sequence per step
