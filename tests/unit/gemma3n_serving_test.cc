@@ -7,6 +7,7 @@
 // format for the tiny checkpoint (25 layers, FFN 128, slabs of 32); its
 // accuracies are invented inputs that only order the rows.
 #include <cmath>
+#include <filesystem>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -171,6 +172,27 @@ TEST_F(Gemma3nServingTest, ServingConfigAndSpecChecks) {
   ASSERT_TRUE(chat.ok()) << chat.status();
   EXPECT_EQ(*chat, "<start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n");
   EXPECT_EQ(engine_->FormatChat({{"assistant", "hi"}}).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(Gemma3nServing, GenerationConfigEosIdsEndGenerationAndAreChecked) {
+  const std::string dir = ::matformer::testing::WriteTinyCopy("gemma3n-eos", nullptr, nullptr);
+  const ::matformer::testing::ScopedDirectory cleanup(dir);
+  std::filesystem::copy_file(Gemma3nTinyDir() + "/tokenizer.model", dir + "/tokenizer.model");
+  ::matformer::testing::WriteText(dir + "/generation_config.json", R"({"eos_token_id": [1, 7]})");
+  auto model = Model::Load(dir);
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto engine = ServingModel::Create(*std::move(model), {.kv_blocks = 4});
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  EXPECT_TRUE((*engine)->IsEndOfSequence(1));
+  EXPECT_TRUE((*engine)->IsEndOfSequence(7));
+  EXPECT_FALSE((*engine)->IsEndOfSequence(8));
+
+  ::matformer::testing::WriteText(dir + "/generation_config.json", R"({"eos_token_id": 128})");
+  auto bad_model = Model::Load(dir);
+  ASSERT_TRUE(bad_model.ok()) << bad_model.status();
+  auto refused = ServingModel::Create(*std::move(bad_model), {.kv_blocks = 4});
+  ASSERT_FALSE(refused.ok());
+  EXPECT_TRUE(absl::StrContains(refused.status().message(), "generation_config.json: eos_token_id")) << refused.status();
 }
 
 TEST_F(Gemma3nServingTest, EngineStepEqualsTheModelsForward) {
