@@ -71,8 +71,8 @@ ABSL_FLAG(bool, online_correction, true,
           "Refine the latency model from observed steps and requests; false plans from the model alone "
           "(reproducible choices, for tests and comparisons)");
 ABSL_FLAG(int, engine_threads, -1,
-          "OpenMP threads of the engine, -1..1024: -1 every core but one (left to gRPC; at least one), 0 OpenMP's "
-          "default (OMP_NUM_THREADS, else every core)");
+          "OpenMP threads of the engine, -1..1024: -1 every core but one (left to gRPC; at least one; cores = "
+          "OMP_NUM_THREADS, else the CPUs available, capped by a cgroup CPU quota), 0 OpenMP's default");
 ABSL_FLAG(int, max_batch, 32, "Sequences per engine step, 1..1024");
 ABSL_FLAG(int, max_queue, 256, "Requests waiting for a batch slot, 1..100000; beyond it RESOURCE_EXHAUSTED");
 ABSL_FLAG(int64_t, kv_blocks, 1024,

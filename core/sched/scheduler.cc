@@ -3,12 +3,14 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <fstream>
 #include <numeric>
 
 #include <omp.h>
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "core/util/status_macros.h"
 
@@ -53,7 +55,19 @@ void SetEngineThreads(int threads) {
   if (threads > 0) omp_set_num_threads(threads);
 }
 
-int DefaultEngineThreads() { return std::max(1, static_cast<int>(std::thread::hardware_concurrency()) - 1); }
+int DefaultEngineThreads() {
+  // OpenMP's own count: OMP_NUM_THREADS, else the CPUs this process may run on...
+  int64_t cpus = omp_get_max_threads();
+  // ...capped by a container's CPU quota (cgroup v2 cpu.max: "<quota> <period>"
+  // or "max <period>"), which OpenMP does not see.
+  std::ifstream cpu_max("/sys/fs/cgroup/cpu.max");
+  std::string quota;
+  int64_t period = 0, quota_us = 0;
+  if (cpu_max >> quota >> period && period > 0 && absl::SimpleAtoi(quota, &quota_us) && quota_us > 0) {
+    cpus = std::min(cpus, (quota_us + period - 1) / period);
+  }
+  return static_cast<int>(std::max<int64_t>(1, cpus - 1));
+}
 
 Scheduler::Scheduler(ServingEngine* engine, Planner* planner, const SchedulerOptions& options)
     : engine_(engine), planner_(planner), options_(options) {

@@ -69,7 +69,8 @@ struct RequestCallbacks {
 // alike.
 void SetEngineThreads(int threads);
 // Every core but one, which is left to the server's network threads (at least
-// one). Measured on 2 cores at 16 req/s (bench/README.md): 2.0 ms per step
+// one): one less than OpenMP's thread count (OMP_NUM_THREADS, else the CPUs
+// this process may run on), itself capped by a cgroup v2 CPU quota. Measured on 2 cores at 16 req/s (bench/README.md): 2.0 ms per step
 // with one engine thread, 6-8 ms with two, whose spinning workers took the
 // CPU the gRPC threads and the clients needed.
 int DefaultEngineThreads();
