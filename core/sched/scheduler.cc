@@ -300,6 +300,10 @@ void Scheduler::Finish(std::unique_ptr<Active> active, absl::Status status) {
     service_seconds_ = 0.8 * service_seconds_ + 0.2 * absl::ToDoubleSeconds(now - active->admitted);
   }
   active->sequence.reset();  // returns the KV blocks before anyone hears about it
+  // The client may send its next request as soon as it hears: the planner
+  // must not count this one as running any more (entries being finished
+  // were moved out of running_ already).
+  PublishRunningRows();
   if (active->callbacks.on_done) active->callbacks.on_done(result);
 }
 
@@ -499,13 +503,23 @@ bool Scheduler::RunOneStep() {
 }
 
 // Drops finished entries from the running set and republishes its specs.
+// The running count drops here, after the finished requests' callbacks ran:
+// a drain waits for it, and then the server shuts down.
 void Scheduler::Compact() {
   std::erase(running_, nullptr);
+  PublishRunningRows();
   std::lock_guard<std::mutex> lock(mutex_);
-  running_rows_.clear();
-  for (const auto& active : running_) running_rows_.push_back(Describe(*active));
   running_count_ = static_cast<int>(running_.size());
   changed_.notify_all();
+}
+
+// What the planner sees of the running set (finished entries are null).
+void Scheduler::PublishRunningRows() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  running_rows_.clear();
+  for (const auto& active : running_) {
+    if (active != nullptr) running_rows_.push_back(Describe(*active));
+  }
 }
 
 void Scheduler::Loop() {

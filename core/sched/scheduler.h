@@ -167,6 +167,7 @@ class Scheduler {
   void EmitText(Active& active, bool final);
   void Finish(std::unique_ptr<Active> active, absl::Status status);
   void Compact();
+  void PublishRunningRows();
   // Prefill chunks + decode steps the request still has to run.
   int RemainingSteps(const Active& active) const;
   RunningRow Describe(const Active& active) const;
