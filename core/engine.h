@@ -15,12 +15,6 @@
 
 namespace matformer {
 
-struct EngineOptions {
-  int64_t kv_blocks = 1024;
-  int kv_block_tokens = 16;
-  size_t ple_cache_bytes = 64 << 20;
-};
-
 // Runs forward steps over a batch of sequences of any submodels, off one
 // packed copy of the weights. Owns the process's KV pool and PLE cache.
 // Step() is not reentrant: one scheduler thread drives it; the kernels inside

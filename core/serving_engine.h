@@ -17,6 +17,14 @@
 
 namespace matformer {
 
+// The sizes of what a serving engine owns: its KV pool (CheckKvPoolOptions
+// says the limits) and its PLE cache.
+struct EngineOptions {
+  int64_t kv_blocks = 1024;
+  int kv_block_tokens = 16;
+  size_t ple_cache_bytes = 64 << 20;
+};
+
 // One sequence being generated or scored: the submodel it runs and its KV
 // blocks. The spec is fixed for the sequence's life (its KV depends on it).
 // An engine may attach its own per-sequence state by deriving from it.

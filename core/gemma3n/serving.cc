@@ -170,7 +170,7 @@ absl::StatusOr<std::vector<Candidate>> CandidatesFromSlicingTable(const Config& 
 }
 
 absl::StatusOr<std::unique_ptr<ServingModel>> ServingModel::Create(std::shared_ptr<const Model> model,
-                                                                   const ServingOptions& options) {
+                                                                   const EngineOptions& options) {
   if (model->tokenizer() == nullptr) {
     return absl::InvalidArgumentError("the checkpoint has no tokenizer.model; the server needs one");
   }

@@ -40,17 +40,11 @@ absl::StatusOr<std::vector<Candidate>> CandidatesFromSlicingTable(const Config& 
                                                                   const ModelConfig& serving,
                                                                   const std::string& csv_path);
 
-struct ServingOptions {
-  int64_t kv_blocks = 1024;
-  int kv_block_tokens = 16;
-  size_t ple_cache_bytes = 64 << 20;
-};
-
 class ServingModel : public ServingEngine {
  public:
   // Needs the checkpoint's tokenizer.model.
   static absl::StatusOr<std::unique_ptr<ServingModel>> Create(std::shared_ptr<const Model> model,
-                                                              const ServingOptions& options);
+                                                              const EngineOptions& options);
 
   absl::StatusOr<std::vector<float>> Step(absl::Span<const matformer::StepInput> inputs) override;
   absl::Status ValidateSpec(const SubmodelSpec& spec) const override;

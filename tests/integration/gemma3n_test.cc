@@ -158,5 +158,19 @@ TEST_F(Gemma3nServerTest, ChatMessagesGoThroughTheChatTemplate) {
   EXPECT_EQ(Generate(empty, &response).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 }
 
+// A slicing table whose rows do not fit the checkpoint stops the server at
+// start-up, naming the table and the row.
+TEST(Gemma3nServerStartup, ATableOfAnotherModelIsRefusedNamingTheRow) {
+  const std::string data = std::string(MATFORMER_SOURCE_DIR) + "/tests/data";
+  const CommandResult result =
+      RunCommand({MATFORMER_SERVER_BINARY, "--port=0", "--metrics_port=0", "--model_dir=" + data + "/gemma3n-tiny",
+                  "--ffn_granule=32", "--slicing_table=" + data + "/gemma3n-slicing-configs.csv",
+                  std::string("--tiers=") + MATFORMER_SOURCE_DIR + "/deploy/tiers.json"},
+                 absl::Seconds(120));
+  EXPECT_EQ(result.exit_code, 1) << result.output;
+  EXPECT_TRUE(absl::StrContains(result.output, "gemma3n-slicing-configs.csv: row 'Main model'")) << result.output;
+  EXPECT_FALSE(absl::StrContains(result.output, "listening on")) << result.output;
+}
+
 }  // namespace
 }  // namespace matformer::integration

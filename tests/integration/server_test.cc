@@ -344,6 +344,10 @@ TEST_F(ServerTest, BadInputsAreInvalidArgumentsNamingTheField) {
          message->set_role("user");
          message->set_content("hello");
        }},
+      {"chat.messages: 257 messages, more than the limit of 256",
+       [](v1::GenerateRequest& r) {
+         for (int i = 0; i < 257; ++i) r.mutable_chat()->add_messages()->set_role(i % 2 == 0 ? "user" : "assistant");
+       }},
       {"chat.messages[0].content",
        [&](v1::GenerateRequest& r) {
          v1::ChatMessage* message = r.mutable_chat()->add_messages();
@@ -825,6 +829,8 @@ TEST(ServerLifecycle, BadFlagsFailAtStartupNamingTheFlag) {
       {{"--max_batch=0"}, "--max_batch"},
       {{"--max_queue=0"}, "--max_queue"},
       {{"--ple_cache_mb=-1"}, "--ple_cache_mb"},
+      {{"--engine_threads=-2"}, "--engine_threads=-2"},
+      {{"--ffn_granule=0"}, "--ffn_granule=0"},
       {{"--max_stop_bytes=0"}, "--max_stop_bytes"},
       {{"--max_stop_sequences=65"}, "--max_stop_sequences"},
       {{"--max_message_bytes=10"}, "--max_message_bytes"},
@@ -841,6 +847,7 @@ TEST(ServerLifecycle, BadFlagsFailAtStartupNamingTheFlag) {
       {{"--max_new_tokens_limit=4096"}, "--max_new_tokens_limit"},
       {{"--latency_model=/nonexistent/latency.json"}, "--latency_model=/nonexistent/latency.json: cannot open"},
       {{"--write_latency_model=/nonexistent/dir/latency.json"}, "--write_latency_model=/nonexistent/dir"},
+      {{"--slicing_table=/nonexistent.csv"}, "--slicing_table applies to Gemma 3n checkpoints only"},
       {{"stray-argument"}, "unexpected argument"},
   };
   for (const Case& c : cases) {
@@ -859,7 +866,7 @@ TEST(ServerLifecycle, BadFlagsFailAtStartupNamingTheFlag) {
        {"--model_dir", "--host", "--port", "--metrics_port", "--tiers", "--policy", "--over_budget", "--max_batch",
         "--max_queue", "--kv_blocks", "--ple_cache_mb", "--max_prompt_tokens", "--max_new_tokens_limit",
         "--max_stop_sequences", "--max_stop_bytes", "--max_message_bytes", "--drain_timeout", "--latency_model",
-        "--write_latency_model", "--online_correction"}) {
+        "--write_latency_model", "--online_correction", "--engine_threads", "--ffn_granule", "--slicing_table"}) {
     EXPECT_TRUE(absl::StrContains(help.output, absl::StrCat(flag, " ("))) << flag << ":\n" << help.output;
   }
 }
