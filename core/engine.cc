@@ -9,23 +9,11 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "core/kernels/attention.h"
 #include "core/kernels/ops.h"
 #include "core/util/status_macros.h"
 
 namespace matformer {
-
-namespace {
-
-// Query tokens of one sequence that share a pass over its key blocks.
-constexpr int64_t kAttentionTokenTile = 32;
-
-struct AttentionTask {
-  size_t input;        // index into the step's inputs
-  int kv_head;
-  int64_t begin, end;  // the sequence's new tokens [begin, end)
-};
-
-}  // namespace
 
 // Activation buffers of one step, grown to the largest step seen and reused.
 struct Engine::Scratch {
@@ -39,7 +27,6 @@ struct Engine::Scratch {
   std::vector<float> ple_gate;   // [R, d_ple]
   std::vector<int64_t> gather;   // gathered row -> input row
   std::vector<int64_t> row_width;
-  std::vector<AttentionTask> attention_tasks;
 
   static float* Sized(std::vector<float>& buffer, int64_t size) {
     if (static_cast<int64_t>(buffer.size()) < size) buffer.resize(size);
@@ -63,6 +50,7 @@ Engine::~Engine() = default;
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Model> model,
                                                        const EngineOptions& options) {
+  MF_RETURN_IF_ERROR(CheckCpuRunsKernels());
   MF_RETURN_IF_ERROR(CheckKvPoolOptions(options.kv_blocks, options.kv_block_tokens));
   return std::unique_ptr<Engine>(new Engine(std::move(model), options));
 }
@@ -206,79 +194,16 @@ void Engine::RunLayer(int layer, absl::Span<const StepInput> inputs, const std::
     }
   }
   float* attention = Scratch::Sized(s.attention, rows * q_dim);
-  // One task per (sequence, KV head, tile of query tokens): every query head
-  // of the group, for every token of the tile, is scored against a key block
-  // while it is in L1, so the cache is read once per tile, not once per head.
-  s.attention_tasks.clear();
+  std::vector<AttentionSegment> segments;
   for (size_t i : order) {
-    const int64_t tokens = static_cast<int64_t>(inputs[i].tokens.size());
-    for (int g = 0; g < c.num_kv_heads; ++g) {
-      for (int64_t t0 = 0; t0 < tokens; t0 += kAttentionTokenTile) {
-        s.attention_tasks.push_back({i, g, t0, std::min(tokens, t0 + kAttentionTokenTile)});
-      }
-    }
+    segments.push_back({.kv = &inputs[i].sequence->kv,
+                        .pool_layer = layer,
+                        .first_row = gathered_begin[i],
+                        .first_position = inputs[i].sequence->kv.length(),
+                        .tokens = static_cast<int64_t>(inputs[i].tokens.size())});
   }
-  const int heads_per_kv = c.num_heads / c.num_kv_heads;
-  const float score_scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  const int block_tokens = pool.block_tokens();
-#pragma omp parallel for schedule(dynamic)
-  for (size_t task_index = 0; task_index < s.attention_tasks.size(); ++task_index) {
-    const AttentionTask& task = s.attention_tasks[task_index];
-    const KvSequence& kv = inputs[task.input].sequence->kv;
-    const int64_t queries = (task.end - task.begin) * heads_per_kv;
-    // Online softmax (running max and sum per query), as in FlashAttention.
-    thread_local std::vector<float> running_max, running_sum, accumulated, scores;
-    running_max.assign(queries, -INFINITY);
-    running_sum.assign(queries, 0.0f);
-    accumulated.assign(queries * hd, 0.0f);
-    scores.resize(block_tokens);
-    const int64_t keys_end = kv.length() + task.end;  // the last token sees keys [0, keys_end)
-    for (int64_t block_start = 0; block_start < keys_end; block_start += block_tokens) {
-      const int32_t block = kv.blocks()[block_start / block_tokens];
-      const float* key_tile = pool.KeyTile(block, layer, task.kv_head);
-      const float* value_tile = pool.ValueTile(block, layer, task.kv_head);
-      for (int64_t t = task.begin; t < task.end; ++t) {
-        // Causal: token t sees keys up to its own position.
-        const int64_t visible = std::min<int64_t>(block_tokens, kv.length() + t + 1 - block_start);
-        if (visible <= 0) continue;
-        const int64_t r = gathered_begin[task.input] + t;
-        for (int h = 0; h < heads_per_kv; ++h) {
-          const int64_t query_index = (t - task.begin) * heads_per_kv + h;
-          const float* query = q + r * q_dim + (task.kv_head * heads_per_kv + h) * hd;
-          ScoreKeyTile(query, key_tile, hd, block_tokens, score_scale, scores.data());
-          float block_max = -INFINITY;
-          for (int64_t slot = 0; slot < visible; ++slot) block_max = std::max(block_max, scores[slot]);
-          const float new_max = std::max(running_max[query_index], block_max);
-          const float rescale = std::exp(running_max[query_index] - new_max);  // 0 on the first block
-          for (int64_t slot = 0; slot < visible; ++slot) scores[slot] -= new_max;
-          ExpInPlace(scores.data(), visible);
-          float block_sum = 0.0f;
-          for (int64_t slot = 0; slot < visible; ++slot) block_sum += scores[slot];
-          running_sum[query_index] = running_sum[query_index] * rescale + block_sum;
-          running_max[query_index] = new_max;
-          float* acc = accumulated.data() + query_index * hd;
-#pragma omp simd
-          for (int j = 0; j < hd; ++j) acc[j] *= rescale;
-          for (int64_t slot = 0; slot < visible; ++slot) {
-            const float weight = scores[slot];
-            const float* value = value_tile + slot * hd;
-#pragma omp simd
-            for (int j = 0; j < hd; ++j) acc[j] += weight * value[j];
-          }
-        }
-      }
-    }
-    for (int64_t t = task.begin; t < task.end; ++t) {
-      const int64_t r = gathered_begin[task.input] + t;
-      for (int h = 0; h < heads_per_kv; ++h) {
-        const int64_t query_index = (t - task.begin) * heads_per_kv + h;
-        const float inverse = 1.0f / running_sum[query_index];
-        const float* acc = accumulated.data() + query_index * hd;
-        float* out = attention + r * q_dim + (task.kv_head * heads_per_kv + h) * hd;
-        for (int j = 0; j < hd; ++j) out[j] = acc[j] * inverse;
-      }
-    }
-  }
+  StepAttention(segments, c.num_kv_heads, c.num_heads / c.num_kv_heads, q, attention,
+                1.0f / std::sqrt(static_cast<float>(hd)), /*window=*/0);
   MatMul(attention, rows, q_dim, w.o, delta, d, false);
   add_to_residual();
 

@@ -6,6 +6,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "core/kernels/attention.h"
 #include "core/kernels/matmul.h"
 #include "core/kernels/ops.h"
 #include "core/util/status_macros.h"
@@ -76,7 +77,7 @@ std::vector<float> InverseFrequencies(double theta, int head_dim) {
 // row-major [rows][width] with room for `capacity` rows; the AltUp streams and
 // predictions are N such [rows][d] blocks (compact for the current rows).
 struct Activations {
-  Activations(const Config& c, int64_t capacity, int64_t max_ffn, int64_t max_context)
+  Activations(const Config& c, int64_t capacity, int64_t max_ffn)
       : d(c.hidden_size),
         streams(c.altup_num_inputs * capacity * d),
         predictions(streams.size()),
@@ -97,8 +98,7 @@ struct Activations {
         up(gate.size()),
         ffn_out(capacity * d),
         per_layer(capacity * c.hidden_size_per_layer_input),
-        per_layer_out(capacity * d),
-        scores(max_context) {}
+        per_layer_out(capacity * d) {}
 
   float* stream(int i, int64_t t) { return &streams[(i * T + t) * d]; }
   float* prediction(int i, int64_t t) { return &predictions[(i * T + t) * d]; }
@@ -114,7 +114,6 @@ struct Activations {
   std::vector<float> q, k, v, attn, attn_out;
   std::vector<float> gate, up, ffn_out;  // ffn_out ends as the layer's output for the active stream
   std::vector<float> per_layer, per_layer_out;
-  std::vector<float> scores;  // attention scores of one query, [context]
 };
 
 // The rows of one sequence within a layer's batch.
@@ -242,7 +241,6 @@ void Attention(const Config& c, const LayerWeights& lw, int layer, const float* 
   }
   const bool sliding = c.layer_types[layer] == LayerType::kSliding;
   const int group = H / KV;
-  float* scores = a.scores.data();
   for (const Segment& segment : segments) {
     for (int64_t i = 0; i < segment.count; ++i) {
       const int64_t t = segment.begin + i, position = segment.start + i;
@@ -261,7 +259,6 @@ void Attention(const Config& c, const LayerWeights& lw, int layer, const float* 
     }
     KvSequence& kv = segment.cache->kv();
     KvPool& pool = kv.pool();
-    const int block_tokens = pool.block_tokens();
     if (segment.source == layer) {
       for (int64_t i = 0; i < segment.count; ++i) {
         const int64_t t = segment.begin + i, position = segment.start + i;
@@ -271,37 +268,17 @@ void Attention(const Config& c, const LayerWeights& lw, int layer, const float* 
         }
       }
     }
-    for (int64_t i = 0; i < segment.count; ++i) {
-      const int64_t t = segment.begin + i, position = segment.start + i;
-      const int64_t first = sliding ? std::max<int64_t>(0, position - c.sliding_window + 1) : 0;
-      const int64_t first_block_start = first - first % block_tokens;
-      for (int h = 0; h < H; ++h) {
-        const float* query = &a.q[t * q_dim + h * hd];
-        const int kv_head = h / group;
-        // scores[j] for every slot of the blocks holding [first, position].
-        for (int64_t block_start = first_block_start; block_start <= position; block_start += block_tokens) {
-          ScoreKeyTile(query, pool.KeyTile(kv.BlockOf(block_start), segment.source_pool_layer, kv_head), hd,
-                       block_tokens, 1.0f, &scores[block_start]);
-        }
-        float max_score = -INFINITY;
-        for (int64_t j = first; j <= position; ++j) max_score = std::max(max_score, scores[j]);
-        double total = 0;
-        for (int64_t j = first; j <= position; ++j) {
-          scores[j] = std::exp(scores[j] - max_score);
-          total += scores[j];
-        }
-        float* out = &a.attn[t * q_dim + h * hd];
-        std::fill(out, out + hd, 0.0f);
-        const float inv_total = static_cast<float>(1.0 / total);
-        for (int64_t j = first; j <= position; ++j) {
-          const float p = scores[j] * inv_total;
-          const float* value =
-              pool.ValueTile(kv.BlockOf(j), segment.source_pool_layer, kv_head) + int64_t{kv.SlotOf(j)} * hd;
-          for (int e = 0; e < hd; ++e) out[e] += p * value[e];
-        }
-      }
-    }
   }
+  std::vector<AttentionSegment> attention_segments;
+  for (const Segment& segment : segments) {
+    attention_segments.push_back({.kv = &segment.cache->kv(),
+                                  .pool_layer = segment.source_pool_layer,
+                                  .first_row = segment.begin,
+                                  .first_position = segment.start,
+                                  .tokens = segment.count});
+  }
+  StepAttention(attention_segments, KV, group, a.q.data(), a.attn.data(), /*scale=*/1.0f,
+                sliding ? c.sliding_window : 0);
   MatMul(a.attn.data(), T, q_dim, lw.o, a.attn_out.data(), d, false);
 }
 
@@ -470,6 +447,7 @@ double NormalQuantile(double p) {
 }
 
 absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& directory, const LoadOptions& options) {
+  MF_RETURN_IF_ERROR(CheckCpuRunsKernels());
   std::unique_ptr<Model> model(new Model());
   model->options_ = options;
   model->directory_ = directory;
@@ -581,12 +559,10 @@ absl::StatusOr<std::vector<float>> Model::Step(absl::Span<const StepInput> input
   // Rows: the tokens of every input, in input order.
   std::vector<int64_t> row_begin;
   std::vector<int32_t> tokens;
-  int64_t max_context = 0, max_ffn = 1;
+  int64_t max_ffn = 1;
   for (const StepInput& input : inputs) {
     row_begin.push_back(static_cast<int64_t>(tokens.size()));
     tokens.insert(tokens.end(), input.tokens.begin(), input.tokens.end());
-    // Attention scores whole key tiles: room up to the end of the last block.
-    max_context = std::max<int64_t>(max_context, input.cache->kv().capacity());
     for (int64_t width : input.slice->ffn_width) max_ffn = std::max(max_ffn, width);
     KvCache& cache = *input.cache;
     if (cache.length() == 0 && cache.kv_source.empty()) cache.kv_source = input.slice->kv_source;
@@ -599,7 +575,7 @@ absl::StatusOr<std::vector<float>> Model::Step(absl::Span<const StepInput> input
   InitStreams(c, weights_, h0.data(), R, state.data());
   if (options.observer != nullptr) (*options.observer)(-1, state);
 
-  Activations a(c, R, max_ffn, max_context);
+  Activations a(c, R, max_ffn);
   for (int l = 0; l < L; ++l) {
     // The sequences that keep the layer, widest FFN first; their rows form the batch.
     std::vector<size_t> order;

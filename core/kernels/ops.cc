@@ -30,11 +30,6 @@ inline float FastExp(float x) {
 
 }  // namespace
 
-void ExpInPlace(float* x, int64_t n) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) x[i] = FastExp(x[i]);
-}
-
 void RmsNorm(const float* x, const float* w, int64_t n, float eps, float* y) {
   double sum_squares = 0.0;
   for (int64_t i = 0; i < n; ++i) sum_squares += static_cast<double>(x[i]) * x[i];

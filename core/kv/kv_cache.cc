@@ -6,14 +6,22 @@
 
 namespace matformer {
 
+namespace {
+int RoundUp(int value, int multiple) { return (value + multiple - 1) / multiple * multiple; }
+}  // namespace
+
 KvPool::KvPool(int num_layers, int num_kv_heads, int head_dim, int block_tokens, int64_t num_blocks)
     : num_layers_(num_layers),
       num_kv_heads_(num_kv_heads),
       head_dim_(head_dim),
       block_tokens_(block_tokens),
+      key_stride_(RoundUp(block_tokens, kKeySlotMultiple)),
+      value_stride_(RoundUp(head_dim, kValueDimMultiple)),
       num_blocks_(num_blocks),
-      block_floats_(static_cast<int64_t>(num_layers) * num_kv_heads * block_tokens * head_dim),
-      storage_(static_cast<size_t>(num_blocks * 2 * block_floats_)) {
+      key_tile_floats_(static_cast<int64_t>(head_dim) * key_stride_),
+      value_tile_floats_(static_cast<int64_t>(block_tokens) * value_stride_),
+      block_floats_(static_cast<int64_t>(num_layers) * num_kv_heads * (key_tile_floats_ + value_tile_floats_)),
+      storage_(static_cast<size_t>(num_blocks * block_floats_)) {
   free_list_.reserve(num_blocks);
   // Hand out low block ids first: they were touched most recently.
   for (int64_t b = num_blocks - 1; b >= 0; --b) free_list_.push_back(static_cast<int32_t>(b));
@@ -43,23 +51,26 @@ void KvPool::Free(const std::vector<int32_t>& blocks) {
   free_list_.insert(free_list_.end(), blocks.rbegin(), blocks.rend());
 }
 
-int64_t KvPool::TileOffset(int32_t block, int layer, int kv_head) const {
-  return block * 2 * block_floats_ +
-         (static_cast<int64_t>(layer) * num_kv_heads_ + kv_head) * block_tokens_ * head_dim_;
+int64_t KvPool::KeyOffset(int32_t block, int layer, int kv_head) const {
+  return block * block_floats_ + (static_cast<int64_t>(layer) * num_kv_heads_ + kv_head) * (key_tile_floats_ + value_tile_floats_);
+}
+
+int64_t KvPool::ValueOffset(int32_t block, int layer, int kv_head) const {
+  return KeyOffset(block, layer, kv_head) + key_tile_floats_;
 }
 
 void KvPool::Write(int32_t block, int layer, int kv_head, int slot, const float* key, const float* value) {
-  float* keys = storage_.data() + TileOffset(block, layer, kv_head);
-  for (int j = 0; j < head_dim_; ++j) keys[j * block_tokens_ + slot] = key[j];
-  std::copy_n(value, head_dim_, keys + block_floats_ + static_cast<int64_t>(slot) * head_dim_);
+  float* keys = storage_.data() + KeyOffset(block, layer, kv_head);
+  for (int j = 0; j < head_dim_; ++j) keys[static_cast<int64_t>(j) * key_stride_ + slot] = key[j];
+  std::copy_n(value, head_dim_, storage_.data() + ValueOffset(block, layer, kv_head) + int64_t{slot} * value_stride_);
 }
 
 const float* KvPool::KeyTile(int32_t block, int layer, int kv_head) const {
-  return storage_.data() + TileOffset(block, layer, kv_head);
+  return storage_.data() + KeyOffset(block, layer, kv_head);
 }
 
 const float* KvPool::ValueTile(int32_t block, int layer, int kv_head) const {
-  return storage_.data() + TileOffset(block, layer, kv_head) + block_floats_;
+  return storage_.data() + ValueOffset(block, layer, kv_head);
 }
 
 KvSequence::~KvSequence() {

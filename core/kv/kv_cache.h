@@ -6,28 +6,38 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "core/util/huge_page_array.h"
 
 namespace matformer {
 
 // A fixed pool of KV blocks shared by every sequence of the process (paged
 // attention). A block holds `block_tokens` positions of keys and values for
 // every layer and KV head. Per (layer, kv_head) a block is one key tile and
-// one value tile: keys transposed, [head_dim][block_tokens], so the attention
-// loop scores a query against all slots of a block with vector FMAs across
-// slots; values row-major, [block_tokens][head_dim], so it accumulates them
-// with vector FMAs across the head dimension.
+// one value tile: keys transposed, [head_dim][key_stride], so attention scores
+// a query against 16 slots at once with vector FMAs across slots; values
+// row-major, [block_tokens][value_stride], so it accumulates them with vector
+// FMAs across the head dimension. The strides round block_tokens up to 16 and
+// head_dim up to 8 (whole vectors); the padding stays zero. A (layer, head)'s
+// key tile and value tile are adjacent, so attention reads one contiguous run
+// per block (measured on 16 x 512-token sequences: 11 ms with K and V apart,
+// 8 ms together), and the pool sits on huge pages (HugePageArray).
 class KvPool {
  public:
+  static constexpr int kKeySlotMultiple = 16;
+  static constexpr int kValueDimMultiple = 8;
+
   KvPool(int num_layers, int num_kv_heads, int head_dim, int block_tokens, int64_t num_blocks);
 
   int num_layers() const { return num_layers_; }
   int num_kv_heads() const { return num_kv_heads_; }
   int head_dim() const { return head_dim_; }
   int block_tokens() const { return block_tokens_; }
+  int key_stride() const { return key_stride_; }
+  int value_stride() const { return value_stride_; }
   int64_t num_blocks() const { return num_blocks_; }
   int64_t free_blocks() const;
   int64_t used_blocks() const { return num_blocks_ - free_blocks(); }
-  size_t bytes() const { return storage_.size() * sizeof(float); }
+  size_t bytes() const { return storage_.bytes(); }
 
   // Takes `count` blocks or none: ResourceExhausted (naming how many are free)
   // when the pool cannot satisfy the request.
@@ -36,17 +46,19 @@ class KvPool {
 
   // Stores one position's key and value (head_dim each) in `slot` of `block`.
   void Write(int32_t block, int layer, int kv_head, int slot, const float* key, const float* value);
-  // The key tile [head_dim][block_tokens] and value tile [block_tokens][head_dim].
+  // The key tile [head_dim][key_stride] and value tile [block_tokens][value_stride].
   const float* KeyTile(int32_t block, int layer, int kv_head) const;
   const float* ValueTile(int32_t block, int layer, int kv_head) const;
 
  private:
-  int64_t TileOffset(int32_t block, int layer, int kv_head) const;
+  int64_t KeyOffset(int32_t block, int layer, int kv_head) const;
+  int64_t ValueOffset(int32_t block, int layer, int kv_head) const;
 
-  const int num_layers_, num_kv_heads_, head_dim_, block_tokens_;
+  const int num_layers_, num_kv_heads_, head_dim_, block_tokens_, key_stride_, value_stride_;
   const int64_t num_blocks_;
-  const int64_t block_floats_;  // keys of one block (values are as many again)
-  std::vector<float> storage_;  // [block][K|V][layer][kv_head][tile]
+  const int64_t key_tile_floats_, value_tile_floats_;
+  const int64_t block_floats_;
+  HugePageArray<float> storage_;  // [block][layer][kv_head][key tile, value tile]
   // std::mutex rather than absl::Mutex: ThreadSanitizer cannot see into
   // Debian's prebuilt (uninstrumented) Abseil, and these structures are the
   // ones the TSan build checks. Everything below is guarded by it.

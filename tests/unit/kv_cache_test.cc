@@ -56,13 +56,13 @@ TEST(KvPoolTest, KeysAndValuesOfDifferentSlotsDoNotAlias) {
   for (int64_t position = 0; position < 6; ++position) {
     for (int layer = 0; layer < 2; ++layer) {
       for (int head = 0; head < 2; ++head) {
-        // Keys transposed [head_dim][block_tokens], values [block_tokens][head_dim].
+        // Keys transposed [head_dim][key_stride], values [block_tokens][value_stride].
         const float* keys = pool.KeyTile(a.BlockOf(position), layer, head);
         const float* values = pool.ValueTile(a.BlockOf(position), layer, head);
         const int slot = a.SlotOf(position);
         for (int j = 0; j < kHeadDim; ++j) {
-          EXPECT_EQ(keys[j * kBlockTokens + slot], key_of(position, layer, head, j));
-          EXPECT_EQ(values[slot * kHeadDim + j], -key_of(position, layer, head, j) - 1);
+          EXPECT_EQ(keys[j * pool.key_stride() + slot], key_of(position, layer, head, j));
+          EXPECT_EQ(values[slot * pool.value_stride() + j], -key_of(position, layer, head, j) - 1);
         }
       }
     }

@@ -1,0 +1,105 @@
+#include "core/kernels/attention.h"
+
+#include <cmath>
+#include <random>
+#include <tuple>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace matformer {
+namespace {
+
+// Shapes that reach every path of the kernel: block sizes below, at and above
+// the 16-slot key group and not multiples of it; head dims that are not whole
+// vectors or span several value passes; 1 to 5 query heads per KV head (query
+// chunks of 4 straddle tokens); windows shorter than a block and than the context.
+struct Shape {
+  int head_dim, block_tokens, heads;
+  int64_t window;
+};
+
+class PagedAttentionTest : public testing::TestWithParam<Shape> {};
+
+// Softmax attention in double precision, position by position.
+std::vector<float> Reference(const std::vector<std::vector<float>>& keys, const std::vector<std::vector<float>>& values,
+                             const float* query, int head_dim, int64_t position, int64_t window, float scale) {
+  const int64_t first = window > 0 ? std::max<int64_t>(0, position - window + 1) : 0;
+  std::vector<double> scores;
+  double max_score = -INFINITY;
+  for (int64_t j = first; j <= position; ++j) {
+    double dot = 0;
+    for (int e = 0; e < head_dim; ++e) dot += static_cast<double>(query[e]) * keys[j][e];
+    scores.push_back(dot * scale);
+    max_score = std::max(max_score, scores.back());
+  }
+  double total = 0;
+  for (double& s : scores) total += (s = std::exp(s - max_score));
+  std::vector<float> out(head_dim);
+  for (int e = 0; e < head_dim; ++e) {
+    double sum = 0;
+    for (int64_t j = first; j <= position; ++j) sum += scores[j - first] * values[j][e];
+    out[e] = static_cast<float>(sum / total);
+  }
+  return out;
+}
+
+TEST_P(PagedAttentionTest, MatchesSoftmaxAttentionForEveryQuery) {
+  const Shape shape = GetParam();
+  constexpr int kLayers = 2, kKvHeads = 2, kLayer = 1;
+  constexpr int64_t kPast = 37, kTokens = 41;  // 41 query tokens: two tiles of StepAttention
+  const int64_t length = kPast + kTokens;
+  KvPool pool(kLayers, kKvHeads, shape.head_dim, shape.block_tokens, /*num_blocks=*/2 * length + 4);
+  // Two sequences; the second's blocks interleave with the first's so that
+  // neither sequence's blocks are consecutive in the pool.
+  KvSequence other(&pool), sequence(&pool);
+  for (int64_t n = shape.block_tokens; n <= length + shape.block_tokens; n += shape.block_tokens) {
+    ASSERT_TRUE(other.Reserve(n).ok());
+    ASSERT_TRUE(sequence.Reserve(n).ok());
+  }
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.0f, 1.5f);
+  std::vector<std::vector<float>> keys[kKvHeads], values[kKvHeads];
+  for (int g = 0; g < kKvHeads; ++g) {
+    for (int64_t p = 0; p < length; ++p) {
+      std::vector<float> key(shape.head_dim), value(shape.head_dim);
+      for (float& x : key) x = normal(rng);
+      for (float& x : value) x = normal(rng);
+      pool.Write(sequence.BlockOf(p), kLayer, g, sequence.SlotOf(p), key.data(), value.data());
+      pool.Write(other.BlockOf(p), kLayer, g, other.SlotOf(p), value.data(), key.data());
+      keys[g].push_back(key);
+      values[g].push_back(value);
+    }
+  }
+  const int64_t row = int64_t{kKvHeads} * shape.heads * shape.head_dim;
+  constexpr int64_t kFirstRow = 3;  // the segment starts inside the step's rows
+  std::vector<float> q((kFirstRow + kTokens) * row), out(q.size(), NAN);
+  for (float& x : q) x = normal(rng);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(shape.head_dim));
+  const AttentionSegment segment{.kv = &sequence, .pool_layer = kLayer, .first_row = kFirstRow,
+                                 .first_position = kPast, .tokens = kTokens};
+  StepAttention({&segment, 1}, kKvHeads, shape.heads, q.data(), out.data(), scale, shape.window);
+
+  double worst = 0;
+  for (int64_t t = 0; t < kTokens; ++t) {
+    for (int g = 0; g < kKvHeads; ++g) {
+      for (int h = 0; h < shape.heads; ++h) {
+        const int64_t offset = (kFirstRow + t) * row + (int64_t{g} * shape.heads + h) * shape.head_dim;
+        const std::vector<float> expected =
+            Reference(keys[g], values[g], q.data() + offset, shape.head_dim, kPast + t, shape.window, scale);
+        for (int e = 0; e < shape.head_dim; ++e) worst = std::max(worst, std::abs(double{out[offset + e]} - expected[e]));
+      }
+    }
+  }
+  EXPECT_LT(worst, 2e-5) << "head_dim " << shape.head_dim << " block " << shape.block_tokens << " heads "
+                         << shape.heads << " window " << shape.window;
+  for (int64_t i = 0; i < kFirstRow * row; ++i) ASSERT_TRUE(std::isnan(out[i])) << "row outside the segment written";
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, PagedAttentionTest,
+                         testing::Values(Shape{64, 16, 4, 0}, Shape{64, 16, 4, 5}, Shape{6, 5, 3, 0},
+                                         Shape{8, 1, 1, 0}, Shape{24, 16, 5, 20}, Shape{72, 32, 2, 0},
+                                         Shape{16, 7, 2, 9}, Shape{256, 16, 2, 50}));
+
+}  // namespace
+}  // namespace matformer
