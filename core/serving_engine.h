@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,8 @@ namespace matformer {
 struct EngineOptions {
   int64_t kv_blocks = 1024;
   int kv_block_tokens = 16;
+  // How the pool stores keys and values; unset: the model's weight dtype.
+  std::optional<DType> kv_dtype = std::nullopt;
   size_t ple_cache_bytes = 64 << 20;
 };
 

@@ -78,6 +78,9 @@ ABSL_FLAG(int, max_queue, 256, "Requests waiting for a batch slot, 1..100000; be
 ABSL_FLAG(int64_t, kv_blocks, 1024,
           "KV cache blocks of 16 tokens, 1..16777216; must hold one request of max_prompt_tokens + "
           "max_new_tokens_limit and fit in 3/4 of the machine's memory");
+ABSL_FLAG(std::string, kv_dtype, "auto",
+          "How the KV cache stores keys and values: auto (the model's weight dtype), f32 or bf16 (half the "
+          "memory and the bytes attention reads)");
 ABSL_FLAG(int64_t, ple_cache_mb, 64, "PLE cache size in MiB, 0..65536 (0 disables it)");
 ABSL_FLAG(int64_t, ffn_granule, 2048,
           "Gemma 3n checkpoints: FFN neurons per weight slab, 1..1048576; every slice width is a multiple of it "
@@ -133,6 +136,7 @@ ServerOptions OptionsFromFlags() {
   o.max_batch = absl::GetFlag(FLAGS_max_batch);
   o.max_queue = absl::GetFlag(FLAGS_max_queue);
   o.kv_blocks = absl::GetFlag(FLAGS_kv_blocks);
+  o.kv_dtype = absl::GetFlag(FLAGS_kv_dtype);
   o.ple_cache_mb = absl::GetFlag(FLAGS_ple_cache_mb);
   o.ffn_granule = absl::GetFlag(FLAGS_ffn_granule);
   o.slicing_table = absl::GetFlag(FLAGS_slicing_table);
@@ -171,9 +175,7 @@ absl::StatusOr<LoadedModel> LoadModel(const ServerOptions& options) {
     MF_ASSIGN_OR_RETURN(std::shared_ptr<const gemma3n::Model> model,
                         gemma3n::Model::Load(options.model_dir, {.ffn_granule = options.ffn_granule}));
     MF_ASSIGN_OR_RETURN(std::unique_ptr<gemma3n::ServingModel> engine,
-                        gemma3n::ServingModel::Create(model, {.kv_blocks = options.kv_blocks,
-                                                              .ple_cache_bytes = static_cast<size_t>(
-                                                                  options.ple_cache_mb) << 20}));
+                        gemma3n::ServingModel::Create(model, EngineOptionsFrom(options)));
     if (options.slicing_table.empty()) {
       MF_ASSIGN_OR_RETURN(loaded.candidates, LoadCandidates(engine->config(), options.model_dir));
     } else {
@@ -188,9 +190,7 @@ absl::StatusOr<LoadedModel> LoadModel(const ServerOptions& options) {
     return absl::InvalidArgumentError("--slicing_table applies to Gemma 3n checkpoints only");
   }
   MF_ASSIGN_OR_RETURN(std::shared_ptr<const Model> model, Model::Load(options.model_dir));
-  MF_ASSIGN_OR_RETURN(loaded.engine, Engine::Create(model, {.kv_blocks = options.kv_blocks,
-                                                            .ple_cache_bytes = static_cast<size_t>(
-                                                                options.ple_cache_mb) << 20}));
+  MF_ASSIGN_OR_RETURN(loaded.engine, Engine::Create(model, EngineOptionsFrom(options)));
   MF_ASSIGN_OR_RETURN(loaded.candidates, LoadCandidates(model->config(), options.model_dir));
   return loaded;
 }

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "core/engine.h"
+#include "core/util/status_macros.h"
 
 namespace matformer::server {
 namespace {
@@ -62,6 +63,9 @@ absl::Status ValidateOptions(const ServerOptions& o) {
   for (const Range& range : ranges) {
     if (absl::Status status = CheckRange(range.flag, range.value, range.low, range.high); !status.ok()) return status;
   }
+  if (absl::Status status = ParseKvDtype(o.kv_dtype).status(); !status.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--", status.message()));
+  }
   if (o.port != 0 && o.port == o.metrics_port) {
     return absl::InvalidArgumentError(absl::StrCat("--metrics_port=", o.metrics_port, ": same as --port"));
   }
@@ -103,8 +107,9 @@ absl::Status ValidateOptionsForModel(const ServerOptions& o, const ModelConfig& 
                                                    " (--max_prompt_tokens + --max_new_tokens_limit); need at least ",
                                                    (longest + block_tokens - 1) / block_tokens));
   }
+  MF_ASSIGN_OR_RETURN(const std::optional<DType> kv_dtype, ParseKvDtype(o.kv_dtype));
   const int64_t kv_bytes = o.kv_blocks * block_tokens * config.num_layers * config.num_kv_heads * config.head_dim * 2 *
-                           static_cast<int64_t>(sizeof(float));
+                           static_cast<int64_t>(DTypeSize(kv_dtype.value_or(config.dtype)));
   const int64_t memory = PhysicalMemoryBytes();
   if (kv_bytes > memory / 4 * 3) {
     return absl::InvalidArgumentError(
@@ -112,6 +117,12 @@ absl::Status ValidateOptionsForModel(const ServerOptions& o, const ModelConfig& 
                         o.kv_blocks, kv_bytes / double(1 << 30), memory / double(1 << 30)));
   }
   return absl::OkStatus();
+}
+
+EngineOptions EngineOptionsFrom(const ServerOptions& options) {
+  return {.kv_blocks = options.kv_blocks,
+          .kv_dtype = ParseKvDtype(options.kv_dtype).value_or(std::nullopt),
+          .ple_cache_bytes = static_cast<size_t>(options.ple_cache_mb) << 20};
 }
 
 absl::StatusOr<PolicyChoice> ParsePolicy(const std::string& policy, const ModelConfig& config) {

@@ -10,6 +10,7 @@
 #include "core/model/config.h"
 #include "core/model/submodel.h"
 #include "core/plan/planner.h"
+#include "core/serving_engine.h"
 #include "server/requests.h"
 #include "server/tls.h"
 
@@ -29,6 +30,7 @@ struct ServerOptions {
   int max_batch = 0;
   int max_queue = 0;
   int64_t kv_blocks = 0;
+  std::string kv_dtype;  // auto (the model's dtype), f32 or bf16
   int64_t ple_cache_mb = 0;
   // Gemma 3n checkpoints only: the FFN slab width (every slice width is a
   // multiple of it) and the published slicing table as the quality table.
@@ -49,6 +51,9 @@ absl::Status ValidateOptions(const ServerOptions& options);
 // The checks that need the model: request limits against its context length,
 // the KV pool against one longest request and this machine's memory.
 absl::Status ValidateOptionsForModel(const ServerOptions& options, const ModelConfig& config);
+
+// What the serving engine owns, sized by the flags (validated first).
+EngineOptions EngineOptionsFrom(const ServerOptions& options);
 
 struct PolicyChoice {
   PlanPolicy policy = PlanPolicy::kElastic;

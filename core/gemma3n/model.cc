@@ -470,8 +470,9 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& directory,
   return model;
 }
 
-std::unique_ptr<KvPool> Model::NewKvPool(int64_t num_blocks, int block_tokens) const {
-  return std::make_unique<KvPool>(num_kv_layers_, config_.num_kv_heads, config_.head_dim, block_tokens, num_blocks);
+std::unique_ptr<KvPool> Model::NewKvPool(int64_t num_blocks, int block_tokens, DType dtype) const {
+  return std::make_unique<KvPool>(num_kv_layers_, config_.num_kv_heads, config_.head_dim, block_tokens, num_blocks,
+                                  dtype);
 }
 
 absl::StatusOr<Slice> Model::MakeSlice(const std::vector<int64_t>& widths_of_kept_layers,

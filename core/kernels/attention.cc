@@ -17,6 +17,13 @@ constexpr int kGroupSlots = 16;
 // Vectors of the head dimension accumulated in registers per pass over a block's values.
 constexpr int kValueVectors = 8;
 
+// Eight stored keys or values as f32: bf16 widens exactly by a shift.
+__m256 Load8(const float* p) { return _mm256_loadu_ps(p); }
+__m256 Load8(const uint16_t* p) {
+  const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+}
+
 float HorizontalMax(__m256 v) {
   __m128 x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   x = _mm_max_ps(x, _mm_movehl_ps(x, x));
@@ -55,14 +62,14 @@ __m256 Exp8(__m256 x) {
 // scores[q][0, 16) = queries[q] · keys[:, 0, 16) for Q queries of head_dim
 // (rows query_stride apart); keys is a key tile (rows key_stride apart) at
 // the group's first slot.
-template <int Q>
-void ScoreGroup(const float* queries, int64_t query_stride, const float* keys, int64_t key_stride, int head_dim,
+template <int Q, typename T>
+void ScoreGroup(const float* queries, int64_t query_stride, const T* keys, int64_t key_stride, int head_dim,
                 float* scores, int64_t score_stride) {
   __m256 sums[Q][2];
   for (int q = 0; q < Q; ++q) sums[q][0] = sums[q][1] = _mm256_setzero_ps();
   for (int j = 0; j < head_dim; ++j) {
-    const __m256 k0 = _mm256_loadu_ps(keys + j * key_stride);
-    const __m256 k1 = _mm256_loadu_ps(keys + j * key_stride + kLanes);
+    const __m256 k0 = Load8(keys + j * key_stride);
+    const __m256 k1 = Load8(keys + j * key_stride + kLanes);
     for (int q = 0; q < Q; ++q) {
       const __m256 qj = _mm256_broadcast_ss(queries + q * query_stride + j);
       sums[q][0] = _mm256_fmadd_ps(qj, k0, sums[q][0]);
@@ -75,10 +82,11 @@ void ScoreGroup(const float* queries, int64_t query_stride, const float* keys, i
   }
 }
 
-void ScoreBlock(int queries_in_chunk, const float* queries, int64_t query_stride, const float* key_tile,
-                int key_stride, int head_dim, float* scores) {
+template <typename T>
+void ScoreBlock(int queries_in_chunk, const float* queries, int64_t query_stride, const T* key_tile, int key_stride,
+                int head_dim, float* scores) {
   for (int slot = 0; slot < key_stride; slot += kGroupSlots) {
-    const float* keys = key_tile + slot;
+    const T* keys = key_tile + slot;
     float* out = scores + slot;
     switch (queries_in_chunk) {
       case 1: ScoreGroup<1>(queries, query_stride, keys, key_stride, head_dim, out, key_stride); break;
@@ -90,16 +98,16 @@ void ScoreBlock(int queries_in_chunk, const float* queries, int64_t query_stride
 }
 
 // acc[0, 8N) = acc * rescale + sum over slots [lo, hi) of weights[slot] * values[slot][0, 8N).
-template <int N>
-void AccumulateValues(const float* weights, int lo, int hi, const float* values, int64_t value_stride, float rescale,
+template <int N, typename T>
+void AccumulateValues(const float* weights, int lo, int hi, const T* values, int64_t value_stride, float rescale,
                       float* acc) {
   __m256 sums[N];
   const __m256 scale = _mm256_set1_ps(rescale);
   for (int n = 0; n < N; ++n) sums[n] = _mm256_mul_ps(_mm256_loadu_ps(acc + n * kLanes), scale);
   for (int slot = lo; slot < hi; ++slot) {
     const __m256 weight = _mm256_broadcast_ss(weights + slot);
-    const float* value = values + slot * value_stride;
-    for (int n = 0; n < N; ++n) sums[n] = _mm256_fmadd_ps(weight, _mm256_loadu_ps(value + n * kLanes), sums[n]);
+    const T* value = values + slot * value_stride;
+    for (int n = 0; n < N; ++n) sums[n] = _mm256_fmadd_ps(weight, Load8(value + n * kLanes), sums[n]);
   }
   for (int n = 0; n < N; ++n) _mm256_storeu_ps(acc + n * kLanes, sums[n]);
 }
@@ -112,7 +120,8 @@ struct QueryState {
 
 // Folds one block into a query's state: scores[lo, hi) are its visible
 // scores (overwritten by their weights), values the block's value tile.
-void FoldBlock(float* scores, int lo, int hi, const float* values, int value_stride, QueryState& state, float* acc) {
+template <typename T>
+void FoldBlock(float* scores, int lo, int hi, const T* values, int value_stride, QueryState& state, float* acc) {
   const __m256 lane = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
   const __m256 lo_v = _mm256_set1_ps(static_cast<float>(lo)), hi_v = _mm256_set1_ps(static_cast<float>(hi));
   const int first = lo / kLanes * kLanes;
@@ -151,17 +160,16 @@ void FoldBlock(float* scores, int lo, int hi, const float* values, int value_str
   }
 }
 
-void PrefetchTile(const float* tile, int64_t floats) {
-  const char* bytes = reinterpret_cast<const char*>(tile);
-  for (int64_t offset = 0; offset < floats * static_cast<int64_t>(sizeof(float)); offset += 64) {
-    _mm_prefetch(bytes + offset, _MM_HINT_T0);
+void Prefetch(const void* begin, int64_t bytes) {
+  for (int64_t offset = 0; offset < bytes; offset += 64) {
+    _mm_prefetch(static_cast<const char*>(begin) + offset, _MM_HINT_T0);
   }
 }
 
-}  // namespace
-
-void PagedAttention(const KvPool& pool, absl::Span<const int32_t> blocks, int pool_layer, int kv_head,
-                    const AttentionQueries& queries, float scale, int64_t window) {
+// PagedAttention for a pool storing T.
+template <typename T>
+void AttendTo(const KvPool& pool, absl::Span<const int32_t> blocks, int pool_layer, int kv_head,
+              const AttentionQueries& queries, float scale, int64_t window) {
   const int head_dim = pool.head_dim(), block_tokens = pool.block_tokens();
   const int key_stride = pool.key_stride(), value_stride = pool.value_stride();
   const int heads = queries.heads;
@@ -184,17 +192,13 @@ void PagedAttention(const KvPool& pool, absl::Span<const int32_t> blocks, int po
   const int64_t last_position = queries.first_position + queries.tokens - 1;
   const int64_t first_block = first_visible(queries.first_position) / block_tokens;
   const int64_t last_block = last_position / block_tokens;
-  const int64_t key_tile_floats = static_cast<int64_t>(head_dim) * key_stride;
-  const int64_t value_tile_floats = static_cast<int64_t>(block_tokens) * value_stride;
+  const int64_t tiles_bytes = pool.key_tile_bytes() + pool.value_tile_bytes();
   for (int64_t b = first_block; b <= last_block; ++b) {
-    // Blocks are scattered over the pool and the hardware prefetcher stops at
-    // page boundaries: ask for the next block while this one is computed.
-    if (b < last_block) {
-      PrefetchTile(pool.KeyTile(blocks[b + 1], pool_layer, kv_head), key_tile_floats);
-      PrefetchTile(pool.ValueTile(blocks[b + 1], pool_layer, kv_head), value_tile_floats);
-    }
-    const float* key_tile = pool.KeyTile(blocks[b], pool_layer, kv_head);
-    const float* value_tile = pool.ValueTile(blocks[b], pool_layer, kv_head);
+    // Blocks are scattered over the pool: ask for the next block's tiles (one
+    // contiguous run) while this one is computed.
+    if (b < last_block) Prefetch(pool.KeyTile<T>(blocks[b + 1], pool_layer, kv_head), tiles_bytes);
+    const T* key_tile = pool.KeyTile<T>(blocks[b], pool_layer, kv_head);
+    const T* value_tile = pool.ValueTile<T>(blocks[b], pool_layer, kv_head);
     const int64_t block_start = b * block_tokens;
     for (int64_t chunk = 0; chunk < count; chunk += kChunkQueries) {
       const int in_chunk = static_cast<int>(std::min<int64_t>(kChunkQueries, count - chunk));
@@ -220,6 +224,17 @@ void PagedAttention(const KvPool& pool, absl::Span<const int32_t> blocks, int po
     float* out = queries.out + (i / heads) * queries.row_stride + (i % heads) * head_dim;
     const float inverse = 1.0f / states[i].sum;
     for (int j = 0; j < head_dim; ++j) out[j] = acc[i * value_stride + j] * inverse;
+  }
+}
+
+}  // namespace
+
+void PagedAttention(const KvPool& pool, absl::Span<const int32_t> blocks, int pool_layer, int kv_head,
+                    const AttentionQueries& queries, float scale, int64_t window) {
+  if (pool.dtype() == DType::kBF16) {
+    AttendTo<uint16_t>(pool, blocks, pool_layer, kv_head, queries, scale, window);
+  } else {
+    AttendTo<float>(pool, blocks, pool_layer, kv_head, queries, scale, window);
   }
 }
 

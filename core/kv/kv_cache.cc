@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "core/kernels/ops.h"
 
 namespace matformer {
 
@@ -10,18 +11,20 @@ namespace {
 int RoundUp(int value, int multiple) { return (value + multiple - 1) / multiple * multiple; }
 }  // namespace
 
-KvPool::KvPool(int num_layers, int num_kv_heads, int head_dim, int block_tokens, int64_t num_blocks)
+KvPool::KvPool(int num_layers, int num_kv_heads, int head_dim, int block_tokens, int64_t num_blocks, DType dtype)
     : num_layers_(num_layers),
       num_kv_heads_(num_kv_heads),
       head_dim_(head_dim),
       block_tokens_(block_tokens),
       key_stride_(RoundUp(block_tokens, kKeySlotMultiple)),
       value_stride_(RoundUp(head_dim, kValueDimMultiple)),
+      dtype_(dtype),
+      element_bytes_(static_cast<int64_t>(DTypeSize(dtype))),
       num_blocks_(num_blocks),
-      key_tile_floats_(static_cast<int64_t>(head_dim) * key_stride_),
-      value_tile_floats_(static_cast<int64_t>(block_tokens) * value_stride_),
-      block_floats_(static_cast<int64_t>(num_layers) * num_kv_heads * (key_tile_floats_ + value_tile_floats_)),
-      storage_(static_cast<size_t>(num_blocks * block_floats_)) {
+      key_tile_elements_(static_cast<int64_t>(head_dim) * key_stride_),
+      value_tile_elements_(static_cast<int64_t>(block_tokens) * value_stride_),
+      block_elements_(static_cast<int64_t>(num_layers) * num_kv_heads * (key_tile_elements_ + value_tile_elements_)),
+      storage_(static_cast<size_t>(num_blocks * block_elements_ * element_bytes_)) {
   free_list_.reserve(num_blocks);
   // Hand out low block ids first: they were touched most recently.
   for (int64_t b = num_blocks - 1; b >= 0; --b) free_list_.push_back(static_cast<int32_t>(b));
@@ -52,29 +55,47 @@ void KvPool::Free(const std::vector<int32_t>& blocks) {
 }
 
 int64_t KvPool::KeyOffset(int32_t block, int layer, int kv_head) const {
-  return block * block_floats_ + (static_cast<int64_t>(layer) * num_kv_heads_ + kv_head) * (key_tile_floats_ + value_tile_floats_);
+  return block * block_elements_ +
+         (static_cast<int64_t>(layer) * num_kv_heads_ + kv_head) * (key_tile_elements_ + value_tile_elements_);
 }
 
 int64_t KvPool::ValueOffset(int32_t block, int layer, int kv_head) const {
-  return KeyOffset(block, layer, kv_head) + key_tile_floats_;
+  return KeyOffset(block, layer, kv_head) + key_tile_elements_;
 }
+
+namespace {
+
+template <typename T>
+void WriteTiles(const float* key, const float* value, int head_dim, int slot, int key_stride, int value_stride,
+                T* keys, T* values, T (*convert)(float)) {
+  for (int j = 0; j < head_dim; ++j) keys[static_cast<int64_t>(j) * key_stride + slot] = convert(key[j]);
+  T* value_row = values + static_cast<int64_t>(slot) * value_stride;
+  for (int j = 0; j < head_dim; ++j) value_row[j] = convert(value[j]);
+}
+
+}  // namespace
 
 void KvPool::Write(int32_t block, int layer, int kv_head, int slot, const float* key, const float* value) {
-  float* keys = storage_.data() + KeyOffset(block, layer, kv_head);
-  for (int j = 0; j < head_dim_; ++j) keys[static_cast<int64_t>(j) * key_stride_ + slot] = key[j];
-  std::copy_n(value, head_dim_, storage_.data() + ValueOffset(block, layer, kv_head) + int64_t{slot} * value_stride_);
-}
-
-const float* KvPool::KeyTile(int32_t block, int layer, int kv_head) const {
-  return storage_.data() + KeyOffset(block, layer, kv_head);
-}
-
-const float* KvPool::ValueTile(int32_t block, int layer, int kv_head) const {
-  return storage_.data() + ValueOffset(block, layer, kv_head);
+  std::byte* keys = storage_.data() + KeyOffset(block, layer, kv_head) * element_bytes_;
+  std::byte* values = storage_.data() + ValueOffset(block, layer, kv_head) * element_bytes_;
+  if (dtype_ == DType::kBF16) {
+    WriteTiles<uint16_t>(key, value, head_dim_, slot, key_stride_, value_stride_, reinterpret_cast<uint16_t*>(keys),
+                         reinterpret_cast<uint16_t*>(values), F32ToBf16);
+  } else {
+    WriteTiles<float>(key, value, head_dim_, slot, key_stride_, value_stride_, reinterpret_cast<float*>(keys),
+                      reinterpret_cast<float*>(values), [](float x) { return x; });
+  }
 }
 
 KvSequence::~KvSequence() {
   if (!blocks_.empty()) pool_->Free(blocks_);
+}
+
+absl::StatusOr<std::optional<DType>> ParseKvDtype(absl::string_view kv_dtype) {
+  if (kv_dtype == "auto") return std::nullopt;
+  if (kv_dtype == "f32") return DType::kF32;
+  if (kv_dtype == "bf16") return DType::kBF16;
+  return absl::InvalidArgumentError(absl::StrCat("kv_dtype=", kv_dtype, ": expected auto, f32 or bf16"));
 }
 
 absl::Status CheckKvPoolOptions(int64_t num_blocks, int block_tokens) {

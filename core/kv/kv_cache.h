@@ -1,11 +1,16 @@
 #ifndef MATFORMER_CORE_KV_KV_CACHE_H_
 #define MATFORMER_CORE_KV_KV_CACHE_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <mutex>
+#include <optional>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "core/model/config.h"
 #include "core/util/huge_page_array.h"
 
 namespace matformer {
@@ -21,12 +26,17 @@ namespace matformer {
 // key tile and value tile are adjacent, so attention reads one contiguous run
 // per block (measured on 16 x 512-token sequences: 11 ms with K and V apart,
 // 8 ms together), and the pool sits on huge pages (HugePageArray).
+//
+// Keys and values are stored in f32 or bf16 (`dtype`); in bf16 the pool is
+// half the size and attention reads half the bytes (rounded to nearest even
+// when written, widened exactly when read).
 class KvPool {
  public:
   static constexpr int kKeySlotMultiple = 16;
   static constexpr int kValueDimMultiple = 8;
 
-  KvPool(int num_layers, int num_kv_heads, int head_dim, int block_tokens, int64_t num_blocks);
+  KvPool(int num_layers, int num_kv_heads, int head_dim, int block_tokens, int64_t num_blocks,
+         DType dtype = DType::kF32);
 
   int num_layers() const { return num_layers_; }
   int num_kv_heads() const { return num_kv_heads_; }
@@ -34,6 +44,7 @@ class KvPool {
   int block_tokens() const { return block_tokens_; }
   int key_stride() const { return key_stride_; }
   int value_stride() const { return value_stride_; }
+  DType dtype() const { return dtype_; }
   int64_t num_blocks() const { return num_blocks_; }
   int64_t free_blocks() const;
   int64_t used_blocks() const { return num_blocks_ - free_blocks(); }
@@ -46,25 +57,41 @@ class KvPool {
 
   // Stores one position's key and value (head_dim each) in `slot` of `block`.
   void Write(int32_t block, int layer, int kv_head, int slot, const float* key, const float* value);
-  // The key tile [head_dim][key_stride] and value tile [block_tokens][value_stride].
-  const float* KeyTile(int32_t block, int layer, int kv_head) const;
-  const float* ValueTile(int32_t block, int layer, int kv_head) const;
+  // The key tile [head_dim][key_stride] and value tile [block_tokens][value_stride]
+  // as stored: T is float for an f32 pool, uint16_t (bf16 bits) for a bf16 one.
+  template <typename T>
+  const T* KeyTile(int32_t block, int layer, int kv_head) const {
+    return reinterpret_cast<const T*>(storage_.data() + KeyOffset(block, layer, kv_head) * element_bytes_);
+  }
+  template <typename T>
+  const T* ValueTile(int32_t block, int layer, int kv_head) const {
+    return reinterpret_cast<const T*>(storage_.data() + ValueOffset(block, layer, kv_head) * element_bytes_);
+  }
+  int64_t key_tile_bytes() const { return key_tile_elements_ * element_bytes_; }
+  int64_t value_tile_bytes() const { return value_tile_elements_ * element_bytes_; }
 
  private:
+  // In elements from the start of the storage.
   int64_t KeyOffset(int32_t block, int layer, int kv_head) const;
   int64_t ValueOffset(int32_t block, int layer, int kv_head) const;
 
   const int num_layers_, num_kv_heads_, head_dim_, block_tokens_, key_stride_, value_stride_;
+  const DType dtype_;
+  const int64_t element_bytes_;
   const int64_t num_blocks_;
-  const int64_t key_tile_floats_, value_tile_floats_;
-  const int64_t block_floats_;
-  HugePageArray<float> storage_;  // [block][layer][kv_head][key tile, value tile]
+  const int64_t key_tile_elements_, value_tile_elements_;
+  const int64_t block_elements_;
+  HugePageArray<std::byte> storage_;  // [block][layer][kv_head][key tile, value tile]
   // std::mutex rather than absl::Mutex: ThreadSanitizer cannot see into
   // Debian's prebuilt (uninstrumented) Abseil, and these structures are the
   // ones the TSan build checks. Everything below is guarded by it.
   mutable std::mutex mutex_;
   std::vector<int32_t> free_list_;
 };
+
+// A KV storage option as flags spell it: "f32", "bf16", or "auto" (nullopt:
+// the model's weight dtype). The error reads "kv_dtype=<value>: expected ...".
+absl::StatusOr<std::optional<DType>> ParseKvDtype(absl::string_view kv_dtype);
 
 // Checks a pool's size options: block_tokens in [1, 1024], num_blocks in
 // [1, 2^24]; the error names the option.

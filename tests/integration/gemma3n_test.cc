@@ -39,7 +39,8 @@ class Gemma3nServerTest : public testing::Test {
         ServerProcess::Start({"--model_dir=" + data + "/gemma3n-tiny", "--ffn_granule=32",
                               "--slicing_table=" + data + "/gemma3n-tiny-slicing.csv",
                               std::string("--tiers=") + MATFORMER_SOURCE_DIR + "/deploy/tiers.json",
-                              "--latency_model=" + latency_model, "--online_correction=false", "--drain_timeout=1s"});
+                              "--latency_model=" + latency_model, "--online_correction=false", "--drain_timeout=1s",
+                              "--kv_dtype=bf16"});
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
     stub_ = v1::MatFormer::NewStub(grpc::CreateChannel(server_->target(), grpc::InsecureChannelCredentials()));
@@ -80,6 +81,7 @@ TEST_F(Gemma3nServerTest, ModelInfoListsThePublishedSlicesBestFirst) {
   EXPECT_EQ(labels, (std::vector<std::string>{"Tiny full", "Tiny mixed", "Tiny half", "Tiny narrow skipping"}));
   EXPECT_NEAR(info.quality_frontier(0).expected_loss(), 0.4, 1e-9);  // 1 - 60% MMLU
   EXPECT_EQ(info.quality_frontier(3).skipped_layers_size(), 2);
+  EXPECT_EQ(info.kv_pool().dtype(), "bf16");  // --kv_dtype; the checkpoint is f32
 }
 
 TEST_F(Gemma3nServerTest, EachRequestGetsThePublishedSliceItsBudgetAffords) {

@@ -233,6 +233,7 @@ TEST_F(ServerTest, GetModelInfoDescribesModelTiersAndCaches) {
   EXPECT_FALSE(info.quality_frontier(0).has_expected_loss());
   EXPECT_EQ(info.kv_pool().blocks_total(), kKvBlocks);
   EXPECT_EQ(info.kv_pool().block_tokens(), 16);
+  EXPECT_EQ(info.kv_pool().dtype(), "f32");  // auto: the test model's dtype
   EXPECT_EQ(info.ple_cache().max_bytes(), 64u << 20);
   EXPECT_EQ(info.policy(), "elastic");
   EXPECT_EQ(info.over_budget(), "reject");
@@ -831,6 +832,7 @@ TEST(ServerLifecycle, BadFlagsFailAtStartupNamingTheFlag) {
       {{"--ple_cache_mb=-1"}, "--ple_cache_mb"},
       {{"--engine_threads=-2"}, "--engine_threads=-2"},
       {{"--ffn_granule=0"}, "--ffn_granule=0"},
+      {{"--kv_dtype=f16"}, "--kv_dtype=f16: expected auto, f32 or bf16"},
       {{"--max_stop_bytes=0"}, "--max_stop_bytes"},
       {{"--max_stop_sequences=65"}, "--max_stop_sequences"},
       {{"--max_message_bytes=10"}, "--max_message_bytes"},
@@ -866,7 +868,7 @@ TEST(ServerLifecycle, BadFlagsFailAtStartupNamingTheFlag) {
        {"--model_dir", "--host", "--port", "--metrics_port", "--tiers", "--policy", "--over_budget", "--max_batch",
         "--max_queue", "--kv_blocks", "--ple_cache_mb", "--max_prompt_tokens", "--max_new_tokens_limit",
         "--max_stop_sequences", "--max_stop_bytes", "--max_message_bytes", "--drain_timeout", "--latency_model",
-        "--write_latency_model", "--online_correction", "--engine_threads", "--ffn_granule", "--slicing_table"}) {
+        "--write_latency_model", "--online_correction", "--engine_threads", "--ffn_granule", "--slicing_table", "--kv_dtype"}) {
     EXPECT_TRUE(absl::StrContains(help.output, absl::StrCat(flag, " ("))) << flag << ":\n" << help.output;
   }
 }

@@ -5,6 +5,7 @@
 #include <tuple>
 #include <vector>
 
+#include "core/kernels/ops.h"
 #include "gtest/gtest.h"
 
 namespace matformer {
@@ -19,7 +20,7 @@ struct Shape {
   int64_t window;
 };
 
-class PagedAttentionTest : public testing::TestWithParam<Shape> {};
+class PagedAttentionTest : public testing::TestWithParam<std::tuple<Shape, DType>> {};
 
 // Softmax attention in double precision, position by position.
 std::vector<float> Reference(const std::vector<std::vector<float>>& keys, const std::vector<std::vector<float>>& values,
@@ -45,11 +46,11 @@ std::vector<float> Reference(const std::vector<std::vector<float>>& keys, const 
 }
 
 TEST_P(PagedAttentionTest, MatchesSoftmaxAttentionForEveryQuery) {
-  const Shape shape = GetParam();
+  const auto [shape, dtype] = GetParam();
   constexpr int kLayers = 2, kKvHeads = 2, kLayer = 1;
   constexpr int64_t kPast = 37, kTokens = 41;  // 41 query tokens: two tiles of StepAttention
   const int64_t length = kPast + kTokens;
-  KvPool pool(kLayers, kKvHeads, shape.head_dim, shape.block_tokens, /*num_blocks=*/2 * length + 4);
+  KvPool pool(kLayers, kKvHeads, shape.head_dim, shape.block_tokens, /*num_blocks=*/2 * length + 4, dtype);
   // Two sequences; the second's blocks interleave with the first's so that
   // neither sequence's blocks are consecutive in the pool.
   KvSequence other(&pool), sequence(&pool);
@@ -67,6 +68,10 @@ TEST_P(PagedAttentionTest, MatchesSoftmaxAttentionForEveryQuery) {
       for (float& x : value) x = normal(rng);
       pool.Write(sequence.BlockOf(p), kLayer, g, sequence.SlotOf(p), key.data(), value.data());
       pool.Write(other.BlockOf(p), kLayer, g, other.SlotOf(p), value.data(), key.data());
+      if (dtype == DType::kBF16) {  // the reference sees what the pool stores
+        for (float& x : key) x = Bf16ToF32(F32ToBf16(x));
+        for (float& x : value) x = Bf16ToF32(F32ToBf16(x));
+      }
       keys[g].push_back(key);
       values[g].push_back(value);
     }
@@ -91,15 +96,17 @@ TEST_P(PagedAttentionTest, MatchesSoftmaxAttentionForEveryQuery) {
       }
     }
   }
-  EXPECT_LT(worst, 2e-5) << "head_dim " << shape.head_dim << " block " << shape.block_tokens << " heads "
+  EXPECT_LT(worst, 2e-5) << DTypeName(dtype) << " head_dim " << shape.head_dim << " block " << shape.block_tokens << " heads "
                          << shape.heads << " window " << shape.window;
   for (int64_t i = 0; i < kFirstRow * row; ++i) ASSERT_TRUE(std::isnan(out[i])) << "row outside the segment written";
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, PagedAttentionTest,
-                         testing::Values(Shape{64, 16, 4, 0}, Shape{64, 16, 4, 5}, Shape{6, 5, 3, 0},
-                                         Shape{8, 1, 1, 0}, Shape{24, 16, 5, 20}, Shape{72, 32, 2, 0},
-                                         Shape{16, 7, 2, 9}, Shape{256, 16, 2, 50}));
+                         testing::Combine(testing::Values(Shape{64, 16, 4, 0}, Shape{64, 16, 4, 5}, Shape{6, 5, 3, 0},
+                                                          Shape{8, 1, 1, 0}, Shape{24, 16, 5, 20},
+                                                          Shape{72, 32, 2, 0}, Shape{16, 7, 2, 9},
+                                                          Shape{256, 16, 2, 50}),
+                                          testing::Values(DType::kF32, DType::kBF16)));
 
 }  // namespace
 }  // namespace matformer

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "core/kernels/ops.h"
 #include "gtest/gtest.h"
 
 namespace matformer {
@@ -57,8 +58,8 @@ TEST(KvPoolTest, KeysAndValuesOfDifferentSlotsDoNotAlias) {
     for (int layer = 0; layer < 2; ++layer) {
       for (int head = 0; head < 2; ++head) {
         // Keys transposed [head_dim][key_stride], values [block_tokens][value_stride].
-        const float* keys = pool.KeyTile(a.BlockOf(position), layer, head);
-        const float* values = pool.ValueTile(a.BlockOf(position), layer, head);
+        const float* keys = pool.KeyTile<float>(a.BlockOf(position), layer, head);
+        const float* values = pool.ValueTile<float>(a.BlockOf(position), layer, head);
         const int slot = a.SlotOf(position);
         for (int j = 0; j < kHeadDim; ++j) {
           EXPECT_EQ(keys[j * pool.key_stride() + slot], key_of(position, layer, head, j));
@@ -66,6 +67,23 @@ TEST(KvPoolTest, KeysAndValuesOfDifferentSlotsDoNotAlias) {
         }
       }
     }
+  }
+}
+
+TEST(KvPoolTest, Bf16PoolIsHalfTheSizeAndStoresTheRoundedValues) {
+  KvPool f32(2, 2, 8, 16, 4, DType::kF32), bf16(2, 2, 8, 16, 4, DType::kBF16);
+  EXPECT_EQ(bf16.bytes() * 2, f32.bytes());
+  float key[8], value[8];
+  for (int j = 0; j < 8; ++j) {
+    key[j] = 1.0f + j * 0.001f;  // not representable in bf16
+    value[j] = -3.14159f * j;
+  }
+  bf16.Write(/*block=*/3, /*layer=*/1, /*kv_head=*/1, /*slot=*/5, key, value);
+  const uint16_t* keys = bf16.KeyTile<uint16_t>(3, 1, 1);
+  const uint16_t* values = bf16.ValueTile<uint16_t>(3, 1, 1);
+  for (int j = 0; j < 8; ++j) {
+    EXPECT_EQ(keys[j * bf16.key_stride() + 5], F32ToBf16(key[j]));
+    EXPECT_EQ(values[5 * bf16.value_stride() + j], F32ToBf16(value[j]));
   }
 }
 

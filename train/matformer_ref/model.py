@@ -66,6 +66,12 @@ def _linear(x, w):
     return F.linear(x, w)
 
 
+def store_kv(x):
+    """Keys (after RoPE) and values as a KV cache would hold them; identity here.
+    tests/parity replaces it to round to bf16 like the engine's bf16 KV pool."""
+    return x
+
+
 class Attention(nn.Module):
     def __init__(self, c):
         super().__init__()
@@ -82,7 +88,8 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(B, T, self.KV, self.hd).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.KV, self.hd).transpose(1, 2)
         q = apply_rope(q, cos, sin)
-        k = apply_rope(k, cos, sin)
+        k = store_kv(apply_rope(k, cos, sin))
+        v = store_kv(v)
         rep = self.H // self.KV
         if rep > 1:  # query head j reads kv head j // rep
             k = k.repeat_interleave(rep, dim=1)
