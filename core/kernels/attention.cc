@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 namespace matformer {
@@ -17,11 +18,13 @@ constexpr int kGroupSlots = 16;
 // Vectors of the head dimension accumulated in registers per pass over a block's values.
 constexpr int kValueVectors = 8;
 
-// Eight stored keys or values as f32: bf16 widens exactly by a shift.
-__m256 Load8(const float* p) { return _mm256_loadu_ps(p); }
-__m256 Load8(const uint16_t* p) {
-  const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+// A bf16 tile as f32 (exact: a shift), `count` a multiple of 8. Once per
+// block, so that the 4 queries of a chunk do not each widen the same values.
+void Widen(const uint16_t* in, int64_t count, float* out) {
+  for (int64_t i = 0; i < count; i += kLanes) {
+    const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i)));
+    _mm256_storeu_ps(out + i, _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16)));
+  }
 }
 
 float HorizontalMax(__m256 v) {
@@ -62,14 +65,14 @@ __m256 Exp8(__m256 x) {
 // scores[q][0, 16) = queries[q] · keys[:, 0, 16) for Q queries of head_dim
 // (rows query_stride apart); keys is a key tile (rows key_stride apart) at
 // the group's first slot.
-template <int Q, typename T>
-void ScoreGroup(const float* queries, int64_t query_stride, const T* keys, int64_t key_stride, int head_dim,
+template <int Q>
+void ScoreGroup(const float* queries, int64_t query_stride, const float* keys, int64_t key_stride, int head_dim,
                 float* scores, int64_t score_stride) {
   __m256 sums[Q][2];
   for (int q = 0; q < Q; ++q) sums[q][0] = sums[q][1] = _mm256_setzero_ps();
   for (int j = 0; j < head_dim; ++j) {
-    const __m256 k0 = Load8(keys + j * key_stride);
-    const __m256 k1 = Load8(keys + j * key_stride + kLanes);
+    const __m256 k0 = _mm256_loadu_ps(keys + j * key_stride);
+    const __m256 k1 = _mm256_loadu_ps(keys + j * key_stride + kLanes);
     for (int q = 0; q < Q; ++q) {
       const __m256 qj = _mm256_broadcast_ss(queries + q * query_stride + j);
       sums[q][0] = _mm256_fmadd_ps(qj, k0, sums[q][0]);
@@ -82,11 +85,10 @@ void ScoreGroup(const float* queries, int64_t query_stride, const T* keys, int64
   }
 }
 
-template <typename T>
-void ScoreBlock(int queries_in_chunk, const float* queries, int64_t query_stride, const T* key_tile, int key_stride,
-                int head_dim, float* scores) {
+void ScoreBlock(int queries_in_chunk, const float* queries, int64_t query_stride, const float* key_tile,
+                int key_stride, int head_dim, float* scores) {
   for (int slot = 0; slot < key_stride; slot += kGroupSlots) {
-    const T* keys = key_tile + slot;
+    const float* keys = key_tile + slot;
     float* out = scores + slot;
     switch (queries_in_chunk) {
       case 1: ScoreGroup<1>(queries, query_stride, keys, key_stride, head_dim, out, key_stride); break;
@@ -98,16 +100,16 @@ void ScoreBlock(int queries_in_chunk, const float* queries, int64_t query_stride
 }
 
 // acc[0, 8N) = acc * rescale + sum over slots [lo, hi) of weights[slot] * values[slot][0, 8N).
-template <int N, typename T>
-void AccumulateValues(const float* weights, int lo, int hi, const T* values, int64_t value_stride, float rescale,
+template <int N>
+void AccumulateValues(const float* weights, int lo, int hi, const float* values, int64_t value_stride, float rescale,
                       float* acc) {
   __m256 sums[N];
   const __m256 scale = _mm256_set1_ps(rescale);
   for (int n = 0; n < N; ++n) sums[n] = _mm256_mul_ps(_mm256_loadu_ps(acc + n * kLanes), scale);
   for (int slot = lo; slot < hi; ++slot) {
     const __m256 weight = _mm256_broadcast_ss(weights + slot);
-    const T* value = values + slot * value_stride;
-    for (int n = 0; n < N; ++n) sums[n] = _mm256_fmadd_ps(weight, Load8(value + n * kLanes), sums[n]);
+    const float* value = values + slot * value_stride;
+    for (int n = 0; n < N; ++n) sums[n] = _mm256_fmadd_ps(weight, _mm256_loadu_ps(value + n * kLanes), sums[n]);
   }
   for (int n = 0; n < N; ++n) _mm256_storeu_ps(acc + n * kLanes, sums[n]);
 }
@@ -120,8 +122,7 @@ struct QueryState {
 
 // Folds one block into a query's state: scores[lo, hi) are its visible
 // scores (overwritten by their weights), values the block's value tile.
-template <typename T>
-void FoldBlock(float* scores, int lo, int hi, const T* values, int value_stride, QueryState& state, float* acc) {
+void FoldBlock(float* scores, int lo, int hi, const float* values, int value_stride, QueryState& state, float* acc) {
   const __m256 lane = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
   const __m256 lo_v = _mm256_set1_ps(static_cast<float>(lo)), hi_v = _mm256_set1_ps(static_cast<float>(hi));
   const int first = lo / kLanes * kLanes;
@@ -193,12 +194,26 @@ void AttendTo(const KvPool& pool, absl::Span<const int32_t> blocks, int pool_lay
   const int64_t first_block = first_visible(queries.first_position) / block_tokens;
   const int64_t last_block = last_position / block_tokens;
   const int64_t tiles_bytes = pool.key_tile_bytes() + pool.value_tile_bytes();
+  const int64_t key_tile_elements = int64_t{head_dim} * key_stride;
+  const int64_t value_tile_elements = int64_t{block_tokens} * value_stride;
+  thread_local std::vector<float> widened;  // a bf16 block's tiles in f32
+  if constexpr (!std::is_same_v<T, float>) widened.resize(key_tile_elements + value_tile_elements);
   for (int64_t b = first_block; b <= last_block; ++b) {
     // Blocks are scattered over the pool: ask for the next block's tiles (one
     // contiguous run) while this one is computed.
     if (b < last_block) Prefetch(pool.KeyTile<T>(blocks[b + 1], pool_layer, kv_head), tiles_bytes);
-    const T* key_tile = pool.KeyTile<T>(blocks[b], pool_layer, kv_head);
-    const T* value_tile = pool.ValueTile<T>(blocks[b], pool_layer, kv_head);
+    const float* key_tile;
+    const float* value_tile;
+    if constexpr (std::is_same_v<T, float>) {
+      key_tile = pool.KeyTile<float>(blocks[b], pool_layer, kv_head);
+      value_tile = pool.ValueTile<float>(blocks[b], pool_layer, kv_head);
+    } else {
+      Widen(pool.KeyTile<T>(blocks[b], pool_layer, kv_head), key_tile_elements, widened.data());
+      Widen(pool.ValueTile<T>(blocks[b], pool_layer, kv_head), value_tile_elements,
+            widened.data() + key_tile_elements);
+      key_tile = widened.data();
+      value_tile = widened.data() + key_tile_elements;
+    }
     const int64_t block_start = b * block_tokens;
     for (int64_t chunk = 0; chunk < count; chunk += kChunkQueries) {
       const int in_chunk = static_cast<int>(std::min<int64_t>(kChunkQueries, count - chunk));
