@@ -27,6 +27,9 @@ struct Engine::Scratch {
   std::vector<float> ple_gate;   // [R, d_ple]
   std::vector<int64_t> gather;   // gathered row -> input row
   std::vector<int64_t> row_width;
+  std::vector<size_t> row_input;                  // [T] input row -> index of its StepInput
+  std::vector<int64_t> row_position;              // [T] its position in its sequence
+  std::vector<float> rope_cos, rope_sin;          // [T, head_dim / 2] its rotary angles
 
   static float* Sized(std::vector<float>& buffer, int64_t size) {
     if (static_cast<int64_t>(buffer.size()) < size) buffer.resize(size);
@@ -186,17 +189,16 @@ void Engine::RunLayer(int layer, absl::Span<const StepInput> inputs, const std::
   MatMul(normed, rows, d, w.k, k, kv_dim, false);
   MatMul(normed, rows, d, w.v, v, kv_dim, false);
   KvPool& pool = *kv_pool_;
-  for (size_t i : order) {
-    KvSequence& kv = inputs[i].sequence->kv;
-    for (size_t t = 0; t < inputs[i].tokens.size(); ++t) {
-      const int64_t r = gathered_begin[i] + static_cast<int64_t>(t);
-      const int64_t position = kv.length() + static_cast<int64_t>(t);
-      ApplyRope(q + r * q_dim, c.num_heads, hd, position, rope_inv_freq_.data());
-      ApplyRope(k + r * kv_dim, c.num_kv_heads, hd, position, rope_inv_freq_.data());
-      for (int g = 0; g < c.num_kv_heads; ++g) {
-        pool.Write(kv.BlockOf(position), layer, g, kv.SlotOf(position), k + r * kv_dim + g * hd,
-                   v + r * kv_dim + g * hd);
-      }
+#pragma omp parallel for if (parallel_rows)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t row = s.gather[r], position = s.row_position[row];
+    const float* cos = s.rope_cos.data() + row * (hd / 2);
+    const float* sin = s.rope_sin.data() + row * (hd / 2);
+    ApplyRope(q + r * q_dim, c.num_heads, hd, cos, sin);
+    ApplyRope(k + r * kv_dim, c.num_kv_heads, hd, cos, sin);
+    KvSequence& kv = inputs[s.row_input[row]].sequence->kv;
+    for (int g = 0; g < c.num_kv_heads; ++g) {
+      pool.Write(kv.BlockOf(position), layer, g, kv.SlotOf(position), k + r * kv_dim + g * hd, v + r * kv_dim + g * hd);
     }
   }
   float* attention = Scratch::Sized(s.attention, rows * q_dim);
@@ -247,12 +249,15 @@ void Engine::RunLayer(int layer, absl::Span<const StepInput> inputs, const std::
   for (int64_t r = 0; r < rows; ++r) std::copy_n(hidden + s.gather[r] * d, d, normed + r * d);
   float* ple_gate = Scratch::Sized(s.ple_gate, rows * c.ple_dim);
   MatMul(normed, rows, d, w.ple_gate, ple_gate, c.ple_dim, false);
-  Activate(c.activation, ple_gate, rows * c.ple_dim);
+#pragma omp parallel for if (parallel_rows)
   for (int64_t r = 0; r < rows; ++r) {
+    float* gated = ple_gate + r * c.ple_dim;
+    Activate(c.activation, gated, c.ple_dim);
     const float* ple = s.ple.data() + s.gather[r] * ple_width + layer * c.ple_dim;
-    for (int64_t j = 0; j < c.ple_dim; ++j) ple_gate[r * c.ple_dim + j] *= ple[j];
+    for (int64_t j = 0; j < c.ple_dim; ++j) gated[j] *= ple[j];
   }
   MatMul(ple_gate, rows, c.ple_dim, w.ple_projection, delta, d, false);
+#pragma omp parallel for if (parallel_rows)
   for (int64_t r = 0; r < rows; ++r) RmsNorm(delta + r * d, w.post_ple_norm.data(), d, eps, delta + r * d);
   add_to_residual();
 }
@@ -270,11 +275,23 @@ absl::StatusOr<std::vector<float>> Engine::Step(absl::Span<const StepInput> inpu
 
   std::vector<int64_t> row_begin(inputs.size());
   std::vector<int32_t> tokens;
+  s.row_input.clear();
+  s.row_position.clear();
   for (size_t i = 0; i < inputs.size(); ++i) {
     row_begin[i] = static_cast<int64_t>(tokens.size());
     tokens.insert(tokens.end(), inputs[i].tokens.begin(), inputs[i].tokens.end());
+    for (size_t t = 0; t < inputs[i].tokens.size(); ++t) {
+      s.row_input.push_back(i);
+      s.row_position.push_back(inputs[i].sequence->kv.length() + static_cast<int64_t>(t));
+    }
   }
   const int64_t total = static_cast<int64_t>(tokens.size());
+  const int half = c.head_dim / 2;
+  float* rope_cos = Scratch::Sized(s.rope_cos, total * half);
+  float* rope_sin = Scratch::Sized(s.rope_sin, total * half);
+  for (int64_t r = 0; r < total; ++r) {
+    RopeAngles(s.row_position[r], rope_inv_freq_.data(), half, rope_cos + r * half, rope_sin + r * half);
+  }
   float* hidden = Scratch::Sized(s.hidden, total * d);
   const float embed_scale = std::sqrt(static_cast<float>(d));
   for (int64_t r = 0; r < total; ++r) {

@@ -5,8 +5,8 @@
 
 #include "core/model/config.h"
 
-// Element-wise and per-row operations of the forward pass, in f32. The heavy
-// lifting is in matmul.h and attention.h; these are bandwidth-trivial by comparison.
+// Element-wise and per-row operations of the forward pass, in f32 (AVX2 + FMA,
+// like attention.h). The heavy lifting is in matmul.h and attention.h.
 namespace matformer {
 
 // y = x / sqrt(mean(x^2) + eps) * w over n elements (y may alias x).
@@ -18,6 +18,10 @@ void Activate(Activation activation, float* x, int64_t n);
 // Rotary embedding (rotate-half) of `heads` vectors of head_dim at `position`.
 // inv_freq has head_dim / 2 entries.
 void ApplyRope(float* x, int heads, int head_dim, int64_t position, const float* inv_freq);
+// The same in two steps, so that a position's angles (head_dim / 2 cosines
+// and sines) are computed once and shared by its queries, keys and layers.
+void RopeAngles(int64_t position, const float* inv_freq, int half, float* cos_out, float* sin_out);
+void ApplyRope(float* x, int heads, int head_dim, const float* cos_table, const float* sin_table);
 
 // f32 round trip through bf16 (round to nearest even), the engine's bf16 model.
 float Bf16ToF32(uint16_t bits);
