@@ -224,12 +224,8 @@ void Engine::RunLayer(int layer, absl::Span<const StepInput> inputs, const std::
     slab_rows[j] = std::count_if(s.row_width.begin(), s.row_width.end(),
                                  [&](int64_t width) { return width >= c.granularities[j]; });
   }
-  int64_t slab_begin = 0;
-  for (size_t j = 0; j < c.granularities.size() && slab_rows[j] > 0; ++j) {
-    MatMul(normed, slab_rows[j], d, w.gate[j], gate + slab_begin, ff, false);
-    MatMul(normed, slab_rows[j], d, w.up[j], up + slab_begin, ff, false);
-    slab_begin = c.granularities[j];
-  }
+  MatMulNestedRowSlabs(normed, d, slab_rows, w.gate, gate, ff);
+  MatMulNestedRowSlabs(normed, d, slab_rows, w.up, up, ff);
 #pragma omp parallel for if (parallel_rows)
   for (int64_t r = 0; r < rows; ++r) {
     float* g = gate + r * ff;
@@ -237,7 +233,7 @@ void Engine::RunLayer(int layer, absl::Span<const StepInput> inputs, const std::
     Activate(c.activation, g, s.row_width[r]);
     for (int64_t j = 0; j < s.row_width[r]; ++j) g[j] *= u[j];
   }
-  slab_begin = 0;
+  int64_t slab_begin = 0;
   for (size_t j = 0; j < c.granularities.size() && slab_rows[j] > 0; ++j) {
     MatMul(gate + slab_begin, slab_rows[j], ff, w.down[j], delta, d, /*accumulate=*/j > 0);
     slab_begin = c.granularities[j];

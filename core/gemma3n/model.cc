@@ -295,12 +295,8 @@ void FeedForward(const Config& c, const LayerWeights& lw, const std::vector<int6
     if (rows == 0) break;
     slab_rows.push_back(rows);
   }
-  int64_t begin = 0;
-  for (size_t j = 0; j < slab_rows.size(); ++j) {
-    MatMul(a.normed.data(), slab_rows[j], d, lw.gate[j], a.gate.data() + begin, ld, false);
-    MatMul(a.normed.data(), slab_rows[j], d, lw.up[j], a.up.data() + begin, ld, false);
-    begin = lw.ffn_slab_ends[j];
-  }
+  MatMulNestedRowSlabs(a.normed.data(), d, slab_rows, lw.gate, a.gate.data(), ld);
+  MatMulNestedRowSlabs(a.normed.data(), d, slab_rows, lw.up, a.up.data(), ld);
   for (int64_t t = 0; t < T; ++t) {
     const int64_t m = row_width[t];
     float* g = &a.gate[t * ld];
@@ -308,7 +304,7 @@ void FeedForward(const Config& c, const LayerWeights& lw, const std::vector<int6
     Activate(c.activation, g, m);
     for (int64_t i = 0; i < m; ++i) g[i] *= a.up[t * ld + i];
   }
-  begin = 0;
+  int64_t begin = 0;
   for (size_t j = 0; j < slab_rows.size(); ++j) {
     MatMul(a.gate.data() + begin, slab_rows[j], ld, lw.down[j], a.ffn_out.data(), d, /*accumulate=*/j > 0);
     begin = lw.ffn_slab_ends[j];

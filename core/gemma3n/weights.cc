@@ -77,15 +77,7 @@ class Reader {
   absl::StatusOr<std::vector<PackedMatrix>> Slabs(const std::string& name, const std::vector<int64_t>& ends,
                                                   bool split_rows) const {
     const TensorView tensor = View(name);
-    const int64_t rows = tensor.shape[0], cols = tensor.shape[1];
-    std::vector<PackedMatrix> slabs;
-    int64_t begin = 0;
-    for (int64_t end : ends) {
-      MF_ASSIGN_OR_RETURN(PackedMatrix slab, split_rows ? PackedMatrix::Pack(tensor, begin, end, 0, cols)
-                                                        : PackedMatrix::Pack(tensor, 0, rows, begin, end));
-      slabs.push_back(std::move(slab));
-      begin = end;
-    }
+    absl::StatusOr<std::vector<PackedMatrix>> slabs = PackedMatrix::PackSlabs(tensor, ends, split_rows);
     ReleasePages(tensor);
     return slabs;
   }

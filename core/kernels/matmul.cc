@@ -16,6 +16,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "core/kernels/small_m_bf16.h"
+#include "core/util/status_macros.h"
 #include "oneapi/dnnl/dnnl.hpp"
 
 namespace matformer {
@@ -38,6 +39,10 @@ constexpr int64_t kRowGranule = 16;
 constexpr int64_t kParallelConvertElements = int64_t{1} << 16;
 
 int64_t RoundUp(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
+
+size_t Bf16PackedBytes(int64_t n, int64_t k) {
+  return RoundUp(n, kPackBlockN) * RoundUp(k, kPackBlockK) * sizeof(uint16_t);
+}
 
 // MatMul has no error channel: failures here are bugs or exhausted memory.
 [[noreturn]] void Die(const std::string& message) {
@@ -217,35 +222,48 @@ struct PackedMatrix::Impl {
   int64_t n = 0;
   int64_t k = 0;
   DType dtype = DType::kF32;
-  AlignedBuffer buffer;
+  // Owned, or shared with the other slabs packed with it (PackSlabs).
+  std::shared_ptr<AlignedBuffer> buffer;
+  const std::byte* data = nullptr;  // this matrix's bytes within buffer
   size_t bytes = 0;
+  // f32 only: oneDNN's chosen layout. bf16 is BA16a64b2a (Bf16Weights).
   memory::desc weights_md;
-  // Wraps `buffer` for oneDNN; the small-M kernel reads the same bytes.
   memory weights;
 };
 
 namespace {
 
+// bf16 weights in the small-M kernel's layout (small_m_bf16.h), which is
+// oneDNN's BA16a64b2a: one matrix, or adjacent row slabs read as one.
+struct Bf16Weights {
+  const uint16_t* data;
+  int64_t n, k;
+
+  memory::desc Desc() const { return memory::desc({k, n}, memory::data_type::bf16, memory::format_tag::BA16a64b2a); }
+};
+
 // Runs rows [0, rows) of the bf16 copy of x through a fixed-M oneDNN primitive.
 // Row counts off the granule and strided y go through a dense f32 scratch,
 // which brgemm needs; the copy-out costs one pass over y.
-void OnednnBf16Piece(const PackedMatrix::Impl& w, const uint16_t* xb, int64_t rows, float* y,
-                     int64_t ldy, bool accumulate) {
+void OnednnBf16Piece(const Bf16Weights& w, const uint16_t* xb, int64_t rows, float* y, int64_t ldy,
+                     bool accumulate) {
   const int64_t rows_padded = RoundUp(rows, kRowGranule);
   const bool direct = rows_padded == rows && ldy == w.n;
+  const memory::desc weights_md = w.Desc();
   const Primitive& primitive = PrimitiveCache::Get().Find(
-      {w.n, w.k, rows_padded, DType::kBF16, direct && accumulate}, w.weights_md);
+      {w.n, w.k, rows_padded, DType::kBF16, direct && accumulate}, weights_md);
+  const memory weights(weights_md, Engine(), const_cast<uint16_t*>(w.data));
   const memory src(memory::desc({rows_padded, w.k}, memory::data_type::bf16, {w.k, 1}), Engine(),
                    const_cast<uint16_t*>(xb));
   const memory::desc dst_md({rows_padded, w.n}, memory::data_type::f32, {w.n, 1});
   if (direct) {
-    Execute(primitive, src, w.weights, memory(dst_md, Engine(), y));
+    Execute(primitive, src, weights, memory(dst_md, Engine(), y));
     return;
   }
   AlignedBuffer& scratch = ThreadScratch().dst;
   scratch.Reserve(rows_padded * w.n * sizeof(float));
   float* out = reinterpret_cast<float*>(scratch.data());
-  Execute(primitive, src, w.weights, memory(dst_md, Engine(), out));
+  Execute(primitive, src, weights, memory(dst_md, Engine(), out));
   const int64_t n = w.n;
 #pragma omp parallel for schedule(static) if (rows * n >= kParallelConvertElements)
   for (int64_t i = 0; i < rows; ++i) {
@@ -259,8 +277,8 @@ void OnednnBf16Piece(const PackedMatrix::Impl& w, const uint16_t* xb, int64_t ro
   }
 }
 
-void MatMulBf16(const float* x, int64_t m, int64_t ldx, const PackedMatrix::Impl& w, float* y,
-                int64_t ldy, bool accumulate) {
+void MatMulBf16(const float* x, int64_t m, int64_t ldx, const Bf16Weights& w, float* y, int64_t ldy,
+                bool accumulate) {
   // oneDNN reads the last piece in whole granules of rows: zero the rows it
   // reads past m.
   const int64_t last_rows = m - (m - 1) / kMaxPieceRows * kMaxPieceRows;
@@ -270,11 +288,10 @@ void MatMulBf16(const float* x, int64_t m, int64_t ldx, const PackedMatrix::Impl
   uint16_t* xb = reinterpret_cast<uint16_t*>(xb_buffer.data());
   ConvertRows(x, m, ldx, w.k, xb);
   std::memset(xb + m * w.k, 0, (m_alloc - m) * w.k * sizeof(uint16_t));
-  const auto* packed = reinterpret_cast<const uint16_t*>(w.buffer.data());
   for (int64_t i = 0; i < m; i += kMaxPieceRows) {
     const int64_t rows = std::min(kMaxPieceRows, m - i);
     if (UseSmallMKernel(rows)) {
-      kernels_internal::SmallMBf16MatMul(xb + i * w.k, rows, w.k, packed, w.n, w.k, y + i * ldy,
+      kernels_internal::SmallMBf16MatMul(xb + i * w.k, rows, w.k, w.data, w.n, w.k, y + i * ldy,
                                          ldy, accumulate);
     } else {
       OnednnBf16Piece(w, xb + i * w.k, rows, y + i * ldy, ldy, accumulate);
@@ -363,23 +380,21 @@ absl::StatusOr<PackedMatrix> PackedMatrix::Pack(const TensorView& w, int64_t n_b
   impl->n = n_end - n_begin;
   impl->k = k_end - k_begin;
   impl->dtype = w.dtype;
+  impl->buffer = std::make_shared<AlignedBuffer>();
   try {
     if (w.dtype == DType::kBF16) {
-      impl->weights_md =
-          memory::desc({impl->k, impl->n}, memory::data_type::bf16, memory::format_tag::BA16a64b2a);
       const int64_t k_padded = RoundUp(impl->k, kPackBlockK);
-      impl->bytes = RoundUp(impl->n, kPackBlockN) * k_padded * sizeof(uint16_t);
+      impl->bytes = Bf16PackedBytes(impl->n, impl->k);
       // The small-M kernel and oneDNN read the same buffer: the layouts must agree.
-      if (impl->weights_md.get_size() != impl->bytes) {
-        return absl::InternalError(absl::StrCat("matmul weights ", w.name, ": oneDNN sizes ",
-                                                "BA16a64b2a at ", impl->weights_md.get_size(),
-                                                " bytes, expected ", impl->bytes));
+      const size_t onednn_bytes = Bf16Weights{nullptr, impl->n, impl->k}.Desc().get_size();
+      if (onednn_bytes != impl->bytes) {
+        return absl::InternalError(absl::StrCat("matmul weights ", w.name, ": oneDNN sizes BA16a64b2a at ",
+                                                onednn_bytes, " bytes, expected ", impl->bytes));
       }
-      impl->buffer.Reserve(impl->bytes);
-      std::memset(impl->buffer.data(), 0, impl->bytes);
-      PackBf16(w, n_begin, n_end, k_begin, k_end, k_padded,
-               reinterpret_cast<uint16_t*>(impl->buffer.data()));
-      impl->weights = memory(impl->weights_md, Engine(), impl->buffer.data());
+      impl->buffer->Reserve(impl->bytes);
+      std::memset(impl->buffer->data(), 0, impl->bytes);
+      PackBf16(w, n_begin, n_end, k_begin, k_end, k_padded, reinterpret_cast<uint16_t*>(impl->buffer->data()));
+      impl->data = impl->buffer->data();
     } else {
       // Let the runtime-M primitive pick its weights layout, then reorder the
       // block (a strided view of the source) into it.
@@ -392,8 +407,9 @@ absl::StatusOr<PackedMatrix> PackedMatrix::Pack(const TensorView& w, int64_t n_b
           Engine());
       impl->weights_md = pd.weights_desc();
       impl->bytes = impl->weights_md.get_size();
-      impl->buffer.Reserve(impl->bytes);
-      impl->weights = memory(impl->weights_md, Engine(), impl->buffer.data());
+      impl->buffer->Reserve(impl->bytes);
+      impl->data = impl->buffer->data();
+      impl->weights = memory(impl->weights_md, Engine(), impl->buffer->data());
       const float* first = reinterpret_cast<const float*>(w.data) + n_begin * cols + k_begin;
       memory source(memory::desc({impl->k, impl->n}, memory::data_type::f32, memory::dims{1, cols}),
                     Engine(), const_cast<float*>(first));
@@ -407,14 +423,96 @@ absl::StatusOr<PackedMatrix> PackedMatrix::Pack(const TensorView& w, int64_t n_b
   return PackedMatrix(std::move(impl));
 }
 
+absl::StatusOr<std::vector<PackedMatrix>> PackedMatrix::PackSlabs(const TensorView& w, absl::Span<const int64_t> ends,
+                                                                  bool split_rows) {
+  if (w.shape.size() != 2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("matmul weights ", w.name, ": expected 2 dimensions, got ", w.shape.size()));
+  }
+  const int64_t rows = w.shape[0], cols = w.shape[1];
+  std::vector<PackedMatrix> slabs;
+  const bool shared = split_rows && w.dtype == DType::kBF16 && !ends.empty() &&
+                      std::all_of(ends.begin(), ends.end() - 1, [](int64_t end) { return end % kPackBlockN == 0; });
+  if (shared) {
+    // Slabs on whole 64-row blocks are the column blocks of the packed rows
+    // [0, ends.back()): pack those once and point each slab at its blocks.
+    MF_ASSIGN_OR_RETURN(PackedMatrix whole, Pack(w, 0, ends.back(), 0, cols));
+    const Impl& all = whole.impl();
+    const int64_t k_padded = RoundUp(all.k, kPackBlockK);
+    int64_t begin = 0;
+    for (int64_t end : ends) {
+      auto impl = std::make_unique<Impl>();
+      impl->n = end - begin;
+      impl->k = all.k;
+      impl->dtype = all.dtype;
+      impl->buffer = all.buffer;
+      impl->data = all.data + (begin / kPackBlockN) * k_padded * kPackBlockN * sizeof(uint16_t);
+      impl->bytes = Bf16PackedBytes(impl->n, impl->k);
+      slabs.push_back(PackedMatrix(std::move(impl)));
+      begin = end;
+    }
+    return slabs;
+  }
+  int64_t begin = 0;
+  for (int64_t end : ends) {
+    MF_ASSIGN_OR_RETURN(PackedMatrix slab, split_rows ? Pack(w, begin, end, 0, cols) : Pack(w, 0, rows, begin, end));
+    slabs.push_back(std::move(slab));
+    begin = end;
+  }
+  return slabs;
+}
+
 void MatMul(const float* x, int64_t m, int64_t ldx, const PackedMatrix& w, float* y, int64_t ldy,
             bool accumulate) {
   if (m == 0) return;
   const PackedMatrix::Impl& impl = w.impl();
   if (impl.dtype == DType::kBF16) {
-    MatMulBf16(x, m, ldx, impl, y, ldy, accumulate);
+    MatMulBf16(x, m, ldx, {reinterpret_cast<const uint16_t*>(impl.data), impl.n, impl.k}, y, ldy, accumulate);
   } else {
     MatMulF32(x, m, ldx, impl, y, ldy, accumulate);
+  }
+}
+
+namespace {
+
+// y[i, :) = x[i, 0:k) · [slabs[0]; slabs[1]; ...]^T, the slabs' outputs side by side.
+void MatMulRowSlabs(const float* x, int64_t m, int64_t ldx, absl::Span<const PackedMatrix> slabs, float* y,
+                    int64_t ldy) {
+  if (m == 0 || slabs.empty()) return;
+  const PackedMatrix::Impl& first = slabs[0].impl();
+  bool adjacent = first.dtype == DType::kBF16;
+  int64_t n = first.n;
+  for (size_t j = 1; j < slabs.size() && adjacent; ++j) {
+    const PackedMatrix::Impl& previous = slabs[j - 1].impl();
+    const PackedMatrix::Impl& slab = slabs[j].impl();
+    adjacent = previous.n % kPackBlockN == 0 && slab.k == first.k && previous.data + previous.bytes == slab.data;
+    n += slab.n;
+  }
+  if (adjacent) {
+    MatMulBf16(x, m, ldx, {reinterpret_cast<const uint16_t*>(first.data), n, first.k}, y, ldy, false);
+    return;
+  }
+  int64_t column = 0;
+  for (const PackedMatrix& slab : slabs) {
+    MatMul(x, m, ldx, slab, y + column, ldy, false);
+    column += slab.n();
+  }
+}
+
+}  // namespace
+
+void MatMulNestedRowSlabs(const float* x, int64_t ldx, absl::Span<const int64_t> slab_rows,
+                          absl::Span<const PackedMatrix> slabs, float* y, int64_t ldy) {
+  int64_t column = 0;
+  for (size_t j = 0; j < slab_rows.size() && j < slabs.size() && slab_rows[j] > 0;) {
+    size_t end = j + 1;
+    int64_t width = slabs[j].n();
+    for (; end < slab_rows.size() && end < slabs.size() && slab_rows[end] == slab_rows[j]; ++end) {
+      width += slabs[end].n();
+    }
+    MatMulRowSlabs(x, slab_rows[j], ldx, slabs.subspan(j, end - j), y + column, ldy);
+    column += width;
+    j = end;
   }
 }
 

@@ -61,18 +61,7 @@ class TensorReader {
 
   // The nested FFN slabs of `name`: split by rows (gate/up) or columns (down).
   absl::StatusOr<std::vector<PackedMatrix>> Slabs(const std::string& name, bool split_rows) const {
-    const TensorView tensor = View(name);
-    const int64_t rows = tensor.shape[0], cols = tensor.shape[1];
-    std::vector<PackedMatrix> slabs;
-    int64_t begin = 0;
-    for (int64_t end : config_.granularities) {
-      absl::StatusOr<PackedMatrix> slab = split_rows ? PackedMatrix::Pack(tensor, begin, end, 0, cols)
-                                                     : PackedMatrix::Pack(tensor, 0, rows, begin, end);
-      if (!slab.ok()) return slab.status();
-      slabs.push_back(*std::move(slab));
-      begin = end;
-    }
-    return slabs;
+    return PackedMatrix::PackSlabs(View(name), config_.granularities, split_rows);
   }
 
  private:

@@ -272,6 +272,56 @@ TEST(MatMulBf16Test, ConcurrentCallersGetCorrectResults) {
   }
 }
 
+// Nested row slabs (the FFN's gate and up) through PackSlabs and
+// MatMulNestedRowSlabs give, row by row, exactly what the whole matrix gives
+// for the slabs a row runs: for bf16 slabs on 64-row blocks (one shared
+// buffer, adjacent slabs merged into one call), for bf16 slabs off the blocks
+// and for f32 (separate buffers, one call per slab); at small-M and oneDNN
+// row counts.
+TEST(MatMulSlabsTest, NestedRowSlabsMatchTheWholeMatrix) {
+  struct SlabCase {
+    DType dtype;
+    std::vector<int64_t> ends;
+    std::vector<int64_t> slab_rows;
+  };
+  const std::vector<SlabCase> cases = {
+      {DType::kBF16, {64, 128, 256, 448}, {9, 9, 9, 9}},          // all merged
+      {DType::kBF16, {64, 128, 256, 448}, {9, 9, 5, 2}},          // merged, then single slabs
+      {DType::kBF16, {64, 128, 256, 448}, {80, 80, 80, 70}},      // oneDNN rows
+      {DType::kBF16, {100, 128, 256, 448}, {9, 9, 9, 9}},         // off the 64-row blocks
+      {DType::kBF16, {64, 128, 256, 448}, {9, 4, 0, 0}},          // the widest slabs unused
+      {DType::kF32, {64, 128, 256, 448}, {9, 9, 5, 2}},
+  };
+  constexpr int64_t kCols = 96;
+  for (const SlabCase& c : cases) {
+    SCOPED_TRACE(absl::StrCat(c.dtype == DType::kBF16 ? "bf16" : "f32", " first end ", c.ends[0], " rows ",
+                              c.slab_rows[0], ",", c.slab_rows[1], ",", c.slab_rows[2], ",", c.slab_rows[3]));
+    std::mt19937 rng(11);
+    const Weights w = RandomWeights(c.dtype, c.ends.back(), kCols, rng);
+    absl::StatusOr<std::vector<PackedMatrix>> slabs = PackedMatrix::PackSlabs(w.View("gate"), c.ends, true);
+    ASSERT_TRUE(slabs.ok()) << slabs.status();
+    absl::StatusOr<PackedMatrix> whole = PackedMatrix::PackAll(w.View("gate"));
+    ASSERT_TRUE(whole.ok()) << whole.status();
+    const int64_t m = c.slab_rows[0], n = c.ends.back();
+    const std::vector<float> x = RandomVector(m * kCols, rng);
+    std::vector<float> y(m * n, NAN), expected(m * n);
+    MatMulNestedRowSlabs(x.data(), kCols, c.slab_rows, *slabs, y.data(), n);
+    MatMul(x.data(), m, kCols, *whole, expected.data(), n, false);
+    for (int64_t i = 0; i < m; ++i) {
+      int64_t width = 0;  // the columns row i runs
+      for (size_t j = 0; j < c.ends.size(); ++j) {
+        if (i < c.slab_rows[j]) width = c.ends[j];
+      }
+      for (int64_t col = 0; col < n; ++col) {
+        if (col < width) {
+          ASSERT_NEAR(y[i * n + col], expected[i * n + col], 1e-4 * std::abs(expected[i * n + col]) + 1e-4)
+              << "row " << i << " col " << col;
+        }
+      }
+    }
+  }
+}
+
 TEST(PackedMatrixTest, InvalidArgumentsNameTheTensor) {
   std::mt19937 rng(3);
   const Weights w = RandomWeights(DType::kBF16, 10, 20, rng);
