@@ -15,6 +15,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "core/kernels/ops.h"
 #include "core/kernels/small_m_bf16.h"
 #include "core/util/status_macros.h"
 #include "oneapi/dnnl/dnnl.hpp"
@@ -191,15 +192,6 @@ void Execute(const Primitive& primitive, const memory& src, const memory& weight
 }
 
 bool UseSmallMKernel(int64_t rows) { return rows <= kSmallMMaxRows && HasAvx512Bf16(); }
-
-uint16_t F32ToBf16(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, sizeof(bits));
-  // Round to nearest even; a NaN stays a (quiet) NaN instead of rounding to Inf.
-  const uint32_t rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16;
-  const bool nan = (bits & 0x7FFFFFFF) > 0x7F800000;
-  return static_cast<uint16_t>(nan ? ((bits >> 16) | 0x40) : rounded);
-}
 
 // Rows [0, m) of x into a dense bf16 copy.
 void ConvertRows(const float* x, int64_t m, int64_t ldx, int64_t k, uint16_t* out) {

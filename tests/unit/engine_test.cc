@@ -117,6 +117,43 @@ TEST_P(EngineTest, CachedAndUncachedPleAreBitwiseEqual) {
   EXPECT_EQ(warm_up, computed);
 }
 
+// --kv_dtype: a bf16 pool on an f32 model is half the size, really rounds
+// (the logits move), and stays within the parity test's bf16 budget (two bf16
+// ulps of the logit scale) of the f32 pool after a prefill and decode steps.
+TEST(EngineKvDtypeTest, Bf16PoolIsHalfTheSizeAndCloseToF32) {
+  const std::shared_ptr<const Model> model = LoadTinyModel(DType::kF32);
+  ASSERT_NE(model, nullptr);
+  auto f32 = *Engine::Create(model, {.kv_blocks = 16, .kv_block_tokens = 16, .kv_dtype = DType::kF32});
+  auto bf16 = *Engine::Create(model, {.kv_blocks = 16, .kv_block_tokens = 16, .kv_dtype = DType::kBF16});
+  auto automatic = *Engine::Create(model, {.kv_blocks = 16, .kv_block_tokens = 16});
+  EXPECT_EQ(f32->kv_pool().dtype(), DType::kF32);
+  EXPECT_EQ(bf16->kv_pool().dtype(), DType::kBF16);
+  EXPECT_EQ(automatic->kv_pool().dtype(), DType::kF32);  // the model's dtype
+  EXPECT_EQ(bf16->kv_pool().bytes() * 2, f32->kv_pool().bytes());
+
+  const SubmodelSpec spec = *SubmodelSpec::Parse(model->config(), "XL");
+  std::vector<float> last[2];
+  Engine* engines[2] = {f32.get(), bf16.get()};
+  for (int e = 0; e < 2; ++e) {
+    auto sequence = engines[e]->NewSequence(spec);
+    const std::vector<int32_t> prompt = Tokens(40, 3);
+    StepInput input{sequence.get(), prompt};
+    ASSERT_TRUE(engines[e]->Step({&input, 1}).ok());
+    for (int32_t token : {7, 11, 13}) {
+      const std::vector<int32_t> one = {token};
+      StepInput step{sequence.get(), one};
+      absl::StatusOr<std::vector<float>> logits = engines[e]->Step({&step, 1});
+      ASSERT_TRUE(logits.ok()) << logits.status();
+      last[e] = *logits;
+    }
+  }
+  float scale = 0.0f;
+  for (float v : last[0]) scale = std::max(scale, std::abs(v));
+  const float difference = MaxAbsDifference(last[0].data(), last[1].data(), model->config().vocab_size);
+  EXPECT_GT(difference, 0.0f);
+  EXPECT_LT(difference, scale * 0x1p-7f) << "logit scale " << scale;
+}
+
 TEST_P(EngineTest, KvBlocksReturnToThePoolAndExhaustionIsAnError) {
   {
     auto a = engine_->NewSequence(Spec("XL"));
