@@ -54,6 +54,37 @@ inline __m256i TailMask(int64_t count) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(count)), lane);
 }
 
+// The vector type of attention_kernel.h for AVX2: 8 lanes.
+struct Avx2 {
+  using Vec = __m256;
+  static constexpr int kLanes = 8;
+  static Vec Zero() { return _mm256_setzero_ps(); }
+  static Vec Set1(float x) { return _mm256_set1_ps(x); }
+  static Vec Load(const float* p) { return _mm256_loadu_ps(p); }
+  static void Store(float* p, Vec v) { _mm256_storeu_ps(p, v); }
+  static Vec LoadBf16(const uint16_t* p) {
+    const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+  }
+  static Vec Broadcast(const float* p) { return _mm256_broadcast_ss(p); }
+  static Vec Fmadd(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
+  static Vec Mul(Vec a, Vec b) { return _mm256_mul_ps(a, b); }
+  static Vec Add(Vec a, Vec b) { return _mm256_add_ps(a, b); }
+  static Vec Sub(Vec a, Vec b) { return _mm256_sub_ps(a, b); }
+  static Vec Max(Vec a, Vec b) { return _mm256_max_ps(a, b); }
+  static Vec Exp(Vec x) { return Exp8(x); }
+  static float ReduceMax(Vec v) { return HorizontalMax(v); }
+  static float ReduceSum(Vec v) { return HorizontalSum(v); }
+  static float First(Vec v) { return _mm256_cvtss_f32(v); }
+  static Vec KeepInRange(Vec v, int slot, int lo, int hi, float otherwise) {
+    const __m256i index = _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(slot));
+    const __m256i below = _mm256_cmpgt_epi32(_mm256_set1_epi32(lo), index);   // index < lo
+    const __m256i inside = _mm256_cmpgt_epi32(_mm256_set1_epi32(hi), index);  // index < hi
+    const __m256 keep = _mm256_castsi256_ps(_mm256_andnot_si256(below, inside));
+    return _mm256_blendv_ps(_mm256_set1_ps(otherwise), v, keep);
+  }
+};
+
 }  // namespace matformer::kernels_internal
 
 #endif  // MATFORMER_CORE_KERNELS_AVX2_MATH_H_

@@ -21,8 +21,8 @@ namespace matformer {
 // one value tile: keys transposed, [head_dim][key_stride], so attention scores
 // a query against 16 slots at once with vector FMAs across slots; values
 // row-major, [block_tokens][value_stride], so it accumulates them with vector
-// FMAs across the head dimension. The strides round block_tokens up to 16 and
-// head_dim up to 8 (whole vectors); the padding stays zero. A (layer, head)'s
+// FMAs across the head dimension. The strides round block_tokens and head_dim up
+// to 16 (whole AVX-512 vectors); the padding stays zero. A (layer, head)'s
 // key tile and value tile are adjacent, so attention reads one contiguous run
 // per block (measured on 16 x 512-token sequences: 11 ms with K and V apart,
 // 8 ms together), and the pool sits on huge pages (HugePageArray).
@@ -33,7 +33,7 @@ namespace matformer {
 class KvPool {
  public:
   static constexpr int kKeySlotMultiple = 16;
-  static constexpr int kValueDimMultiple = 8;
+  static constexpr int kValueDimMultiple = 16;
 
   KvPool(int num_layers, int num_kv_heads, int head_dim, int block_tokens, int64_t num_blocks,
          DType dtype = DType::kF32);

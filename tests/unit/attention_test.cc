@@ -1,4 +1,5 @@
 #include "core/kernels/attention.h"
+#include "core/kernels/attention_kernel.h"
 
 #include <cmath>
 #include <random>
@@ -20,7 +21,11 @@ struct Shape {
   int64_t window;
 };
 
-class PagedAttentionTest : public testing::TestWithParam<std::tuple<Shape, DType>> {};
+// How the kernel is reached: StepAttention (tiles of tokens, the CPU's
+// instruction set) or one instruction set's kernel over all tokens at once.
+enum class Path { kStep, kAvx2, kAvx512 };
+
+class PagedAttentionTest : public testing::TestWithParam<std::tuple<Shape, DType, Path>> {};
 
 // Softmax attention in double precision, position by position.
 std::vector<float> Reference(const std::vector<std::vector<float>>& keys, const std::vector<std::vector<float>>& values,
@@ -46,7 +51,8 @@ std::vector<float> Reference(const std::vector<std::vector<float>>& keys, const 
 }
 
 TEST_P(PagedAttentionTest, MatchesSoftmaxAttentionForEveryQuery) {
-  const auto [shape, dtype] = GetParam();
+  const auto [shape, dtype, path] = GetParam();
+  if (path == Path::kAvx512 && !__builtin_cpu_supports("avx512f")) GTEST_SKIP() << "no AVX-512 on this CPU";
   constexpr int kLayers = 2, kKvHeads = 2, kLayer = 1;
   constexpr int64_t kPast = 37, kTokens = 41;  // 41 query tokens: two tiles of StepAttention
   const int64_t length = kPast + kTokens;
@@ -83,7 +89,17 @@ TEST_P(PagedAttentionTest, MatchesSoftmaxAttentionForEveryQuery) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(shape.head_dim));
   const AttentionSegment segment{.kv = &sequence, .pool_layer = kLayer, .first_row = kFirstRow,
                                  .first_position = kPast, .tokens = kTokens};
-  StepAttention({&segment, 1}, kKvHeads, shape.heads, q.data(), out.data(), scale, shape.window);
+  if (path == Path::kStep) {
+    StepAttention({&segment, 1}, kKvHeads, shape.heads, q.data(), out.data(), scale, shape.window);
+  } else {
+    for (int g = 0; g < kKvHeads; ++g) {
+      const int64_t offset = kFirstRow * row + int64_t{g} * shape.heads * shape.head_dim;
+      const AttentionQueries queries{.q = q.data() + offset, .out = out.data() + offset, .row_stride = row,
+                                     .first_position = kPast, .tokens = kTokens, .heads = shape.heads};
+      (path == Path::kAvx2 ? kernels_internal::PagedAttentionAvx2 : kernels_internal::PagedAttentionAvx512)(
+          pool, sequence.blocks(), kLayer, g, queries, scale, shape.window);
+    }
+  }
 
   double worst = 0;
   for (int64_t t = 0; t < kTokens; ++t) {
@@ -106,7 +122,8 @@ INSTANTIATE_TEST_SUITE_P(Shapes, PagedAttentionTest,
                                                           Shape{8, 1, 1, 0}, Shape{24, 16, 5, 20},
                                                           Shape{72, 32, 2, 0}, Shape{16, 7, 2, 9},
                                                           Shape{256, 16, 2, 50}),
-                                          testing::Values(DType::kF32, DType::kBF16)));
+                                          testing::Values(DType::kF32, DType::kBF16),
+                                          testing::Values(Path::kStep, Path::kAvx2, Path::kAvx512)));
 
 }  // namespace
 }  // namespace matformer

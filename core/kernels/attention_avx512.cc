@@ -1,0 +1,65 @@
+// The paged attention kernel (attention_kernel.h) for AVX-512: 16 lanes.
+// Compiled with -mavx512f; attention.cc calls it only on a CPU that has it.
+
+#include <immintrin.h>
+
+#include "core/kernels/attention_kernel.h"
+
+namespace matformer::kernels_internal {
+namespace {
+
+struct Avx512 {
+  using Vec = __m512;
+  static constexpr int kLanes = 16;
+  static Vec Zero() { return _mm512_setzero_ps(); }
+  static Vec Set1(float x) { return _mm512_set1_ps(x); }
+  static Vec Load(const float* p) { return _mm512_loadu_ps(p); }
+  static void Store(float* p, Vec v) { _mm512_storeu_ps(p, v); }
+  static Vec LoadBf16(const uint16_t* p) {
+    const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+  }
+  static Vec Broadcast(const float* p) { return _mm512_set1_ps(*p); }
+  static Vec Fmadd(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
+  static Vec Mul(Vec a, Vec b) { return _mm512_mul_ps(a, b); }
+  static Vec Add(Vec a, Vec b) { return _mm512_add_ps(a, b); }
+  static Vec Sub(Vec a, Vec b) { return _mm512_sub_ps(a, b); }
+  static Vec Max(Vec a, Vec b) { return _mm512_max_ps(a, b); }
+  // Exp8's arithmetic (avx2_math.h) on 16 lanes.
+  static Vec Exp(Vec x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+    const Vec k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    Vec r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fmadd_ps(k, _mm512_set1_ps(2.12194440e-4f), r);
+    Vec p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    const __m512i exponent =
+        _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(k), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(p, _mm512_castsi512_ps(exponent));
+  }
+  static float ReduceMax(Vec v) { return _mm512_reduce_max_ps(v); }
+  static float ReduceSum(Vec v) { return _mm512_reduce_add_ps(v); }
+  static float First(Vec v) { return _mm512_cvtss_f32(v); }
+  static Vec KeepInRange(Vec v, int slot, int lo, int hi, float otherwise) {
+    const __m512i index = _mm512_add_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(slot));
+    const __mmask16 keep = _mm512_cmpge_epi32_mask(index, _mm512_set1_epi32(lo)) &
+                           _mm512_cmplt_epi32_mask(index, _mm512_set1_epi32(hi));
+    return _mm512_mask_blend_ps(keep, _mm512_set1_ps(otherwise), v);
+  }
+};
+
+}  // namespace
+
+void PagedAttentionAvx512(const KvPool& pool, absl::Span<const int32_t> blocks, int pool_layer, int kv_head,
+                          const AttentionQueries& queries, float scale, int64_t window) {
+  PagedAttentionKernel<Avx512>::Run(pool, blocks, pool_layer, kv_head, queries, scale, window);
+}
+
+}  // namespace matformer::kernels_internal
