@@ -19,10 +19,10 @@ void PagedAttentionAvx2(const KvPool& pool, absl::Span<const int32_t> blocks, in
 
 void PagedAttention(const KvPool& pool, absl::Span<const int32_t> blocks, int pool_layer, int kv_head,
                     const AttentionQueries& queries, float scale, int64_t window) {
-  // The same arithmetic in half the instructions: on this repo's Zen 4 test
-  // machine (512-bit FMAs run as two 256-bit halves) the AVX-512 build took
-  // 0.6x the AVX2 build's time, both on 16 sequences x 512 bf16 positions
-  // streamed from DRAM and on 2 sequences in cache.
+  // The same arithmetic in half the instructions, on CPUs with 512-bit FMA
+  // units twice the FMA width: on this repo's AMD EPYC test machine the
+  // AVX-512 build took 0.6x the AVX2 build's time, both on 16 sequences x 512
+  // bf16 positions streamed from DRAM and on 2 sequences in cache.
   static const bool avx512 = __builtin_cpu_supports("avx512f");
   (avx512 ? kernels_internal::PagedAttentionAvx512 : kernels_internal::PagedAttentionAvx2)(
       pool, blocks, pool_layer, kv_head, queries, scale, window);
