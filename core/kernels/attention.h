@@ -51,8 +51,9 @@ inline constexpr int64_t kAttentionTokenTile = 32;
 void StepAttention(absl::Span<const AttentionSegment> segments, int num_kv_heads, int heads_per_kv, const float* q,
                    float* out, float scale, int64_t window);
 
-// The kernels above use AVX2 and FMA (x86-64-v3): FailedPrecondition on a CPU
-// without them, checked once when a model is loaded.
+// These kernels and ops.h's need AVX2 and FMA (x86-64-v3; AVX-512 is used
+// when present): FailedPrecondition on a CPU without them, checked when a
+// model is loaded.
 absl::Status CheckCpuRunsKernels();
 
 }  // namespace matformer
