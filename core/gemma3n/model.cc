@@ -241,21 +241,23 @@ void Attention(const Config& c, const LayerWeights& lw, int layer, const float* 
   }
   const bool sliding = c.layer_types[layer] == LayerType::kSliding;
   const int group = H / KV;
+  std::vector<float> rope_cos(hd / 2), rope_sin(hd / 2);  // one position's angles, for its q and k
   for (const Segment& segment : segments) {
     for (int64_t i = 0; i < segment.count; ++i) {
       const int64_t t = segment.begin + i, position = segment.start + i;
+      RopeAngles(position, inv_freq, hd / 2, rope_cos.data(), rope_sin.data());
       for (int h = 0; h < H; ++h) {
         float* head = &a.q[t * q_dim + h * hd];
         RmsNorm(head, lw.q_norm.data(), hd, eps, head);
       }
-      ApplyRope(&a.q[t * q_dim], H, hd, position, inv_freq);
+      ApplyRope(&a.q[t * q_dim], H, hd, rope_cos.data(), rope_sin.data());
       if (segment.source != layer) continue;
       for (int h = 0; h < KV; ++h) {
         float* key = &a.k[t * kv_dim + h * hd];
         RmsNorm(key, lw.k_norm.data(), hd, eps, key);
         RmsNormNoScale(&a.v[t * kv_dim + h * hd], hd, eps);
       }
-      ApplyRope(&a.k[t * kv_dim], KV, hd, position, inv_freq);
+      ApplyRope(&a.k[t * kv_dim], KV, hd, rope_cos.data(), rope_sin.data());
     }
     KvSequence& kv = segment.cache->kv();
     KvPool& pool = kv.pool();

@@ -19,10 +19,10 @@ void PagedAttentionAvx2(const KvPool& pool, absl::Span<const int32_t> blocks, in
 
 void PagedAttention(const KvPool& pool, absl::Span<const int32_t> blocks, int pool_layer, int kv_head,
                     const AttentionQueries& queries, float scale, int64_t window) {
-  // The same arithmetic in half the instructions, on CPUs with 512-bit FMA
-  // units twice the FMA width: on this repo's AMD EPYC test machine the
-  // AVX-512 build took 0.6x the AVX2 build's time, both on 16 sequences x 512
-  // bf16 positions streamed from DRAM and on 2 sequences in cache.
+  // The same arithmetic in half the instructions (and twice the FMA width
+  // where the FMA units are 512 bits wide): on this repo's AMD EPYC test
+  // machine the AVX-512 build took 0.6x the AVX2 build's time, both on 16
+  // sequences x 512 bf16 positions streamed from DRAM and on 2 in cache.
   static const bool avx512 = __builtin_cpu_supports("avx512f");
   (avx512 ? kernels_internal::PagedAttentionAvx512 : kernels_internal::PagedAttentionAvx2)(
       pool, blocks, pool_layer, kv_head, queries, scale, window);
@@ -35,6 +35,7 @@ void StepAttention(absl::Span<const AttentionSegment> segments, int num_kv_heads
     int kv_head;
     int64_t begin, end;  // the segment's query tokens [begin, end)
   };
+  if (segments.empty()) return;
   std::vector<Task> tasks;
   for (const AttentionSegment& segment : segments) {
     for (int g = 0; g < num_kv_heads; ++g) {
@@ -43,7 +44,6 @@ void StepAttention(absl::Span<const AttentionSegment> segments, int num_kv_heads
       }
     }
   }
-  if (segments.empty()) return;
   const int head_dim = segments[0].kv->pool().head_dim();
   const int64_t row_stride = int64_t{num_kv_heads} * heads_per_kv * head_dim;
 #pragma omp parallel for schedule(dynamic)

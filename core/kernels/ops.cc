@@ -91,12 +91,6 @@ void ApplyRope(float* x, int heads, int head_dim, const float* cos_table, const 
   }
 }
 
-void ApplyRope(float* x, int heads, int head_dim, int64_t position, const float* inv_freq) {
-  float cos_table[1024], sin_table[1024];  // head_dim <= 1024 is a config limit
-  RopeAngles(position, inv_freq, head_dim / 2, cos_table, sin_table);
-  ApplyRope(x, heads, head_dim, cos_table, sin_table);
-}
-
 float Bf16ToF32(uint16_t bits) {
   const uint32_t wide = static_cast<uint32_t>(bits) << 16;
   float value;

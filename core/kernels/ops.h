@@ -15,12 +15,11 @@ void RmsNorm(const float* x, const float* w, int64_t n, float eps, float* y);
 // In-place activation over n elements.
 void Activate(Activation activation, float* x, int64_t n);
 
-// Rotary embedding (rotate-half) of `heads` vectors of head_dim at `position`.
-// inv_freq has head_dim / 2 entries.
-void ApplyRope(float* x, int heads, int head_dim, int64_t position, const float* inv_freq);
-// The same in two steps, so that a position's angles (head_dim / 2 cosines
-// and sines) are computed once and shared by its queries, keys and layers.
+// Rotary embedding (rotate-half) in two steps, so that a position's angles
+// (half = head_dim / 2 cosines and sines of position * inv_freq) are computed
+// once and shared by its queries and keys (and, in the engine, its layers).
 void RopeAngles(int64_t position, const float* inv_freq, int half, float* cos_out, float* sin_out);
+// Rotates `heads` vectors of head_dim by a position's angles.
 void ApplyRope(float* x, int heads, int head_dim, const float* cos_table, const float* sin_table);
 
 // f32 round trip through bf16 (round to nearest even), the engine's bf16 model.
