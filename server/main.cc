@@ -322,6 +322,10 @@ int Run(const sigset_t& signals) {
   int signal_number = 0;
   sigwait(&signals, &signal_number);
   Log(absl::StrCat("signal ", signal_number, ": draining (up to ", absl::FormatDuration(options.drain_timeout), ")"));
+  // Refuse new work before health says so: a client that saw NOT_SERVING and
+  // sent a request anyway was admitted (ServerLifecycle.SigtermDrainsThenExitsZero
+  // caught it once the engine became fast enough to reach the window).
+  scheduler.StopAdmitting();
   health->SetServingStatus(false);
   // A second signal means "now": exit without waiting for the drain.
   std::thread([signals] {

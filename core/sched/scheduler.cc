@@ -253,6 +253,11 @@ absl::StatusOr<std::shared_ptr<RequestHandle>> Scheduler::Submit(SchedulerReques
   return handle;
 }
 
+void Scheduler::StopAdmitting() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  draining_ = true;
+}
+
 void Scheduler::Drain(absl::Duration timeout) {
   std::unique_lock<std::mutex> lock(mutex_);
   draining_ = true;

@@ -144,8 +144,12 @@ class Scheduler {
   // callbacks run later.
   absl::StatusOr<std::shared_ptr<RequestHandle>> Submit(SchedulerRequest request, RequestCallbacks callbacks);
 
-  // Stops admitting (Submit returns Unavailable) and waits up to `timeout`
-  // for running and queued requests to finish; the rest are cancelled.
+  // Stops admitting: from its return on, Submit returns Unavailable. A server
+  // calls it before it tells health checkers it is not serving, so nothing
+  // that saw NOT_SERVING can still be admitted.
+  void StopAdmitting();
+  // Stops admitting and waits up to `timeout` for running and queued
+  // requests to finish; the rest are cancelled.
   void Drain(absl::Duration timeout);
 
   SchedulerStats stats() const;

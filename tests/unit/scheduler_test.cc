@@ -469,5 +469,17 @@ TEST_F(SchedulerTest, DrainFinishesInFlightWorkThenRefuses) {
   EXPECT_EQ(scheduler_->Submit(Greedy(0, "S"), {}).status().code(), absl::StatusCode::kUnavailable);
 }
 
+// The server stops admitting before its health turns NOT_SERVING, while the
+// request in flight keeps running to its end.
+TEST_F(SchedulerTest, StopAdmittingRefusesAtOnceAndLetsRunningWorkFinish) {
+  Outcome outcome;
+  testing::Notification done;
+  Start(Greedy(0, "S", 8), &outcome, &done);
+  scheduler_->StopAdmitting();
+  EXPECT_EQ(scheduler_->Submit(Greedy(0, "S"), {}).status().code(), absl::StatusCode::kUnavailable);
+  done.WaitForNotification();
+  EXPECT_TRUE(outcome.result.status.ok()) << outcome.result.status;
+}
+
 }  // namespace
 }  // namespace matformer
