@@ -23,6 +23,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <memory>
 #include <random>
@@ -45,6 +46,7 @@
 #include "core/engine.h"
 #include "core/model/submodel.h"
 #include "core/model/weights.h"
+#include "core/util/stage_profile.h"
 #include "core/util/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -67,6 +69,9 @@ ABSL_FLAG(bool, drop_file_cache, true,
           "the PLE table's resident pages are the ones the engine pulled in, not leftovers of "
           "whoever wrote or read the file last");
 ABSL_FLAG(uint64_t, seed, 1, "Seed of the random prompt");
+ABSL_FLAG(bool, profile, false,
+          "Also time every stage of the timed prefills and decode steps (Engine::set_profile) and "
+          "print where a step's time goes; reading the clock ~30 times per layer costs under 1%");
 
 namespace matformer::bench {
 namespace {
@@ -222,6 +227,7 @@ void PrintMemory(const char* when, const Memory& m) {
 }
 
 struct Options {
+  bool profile;
   std::vector<int> prompts;
   std::vector<int> batches;
   int prefill_repeats;
@@ -234,7 +240,22 @@ struct Results {
   Json prefill = Json::array();
   Json decode = Json::array();
   Json batch_cost = Json::array();
+  Json profiles = Json::array();  // --profile: ms per step by stage
 };
+
+// Milliseconds per step of each stage, as JSON (kStageNames order).
+Json ProfileJson(const std::string& kind, const SubmodelSpec& spec, int prompt, int batch,
+                 const StageProfile& profile) {
+  Json stages = Json::object();
+  double total = 0;
+  for (int i = 0; i < static_cast<int>(Stage::kCount); ++i) {
+    const double ms = profile.seconds[i] * 1e3 / std::max<int64_t>(1, profile.steps);
+    stages[kStageNames[i]] = ms;
+    total += ms;
+  }
+  return Json{{"kind", kind}, {"spec", spec.name()}, {"prompt", prompt}, {"batch", batch},
+              {"steps", profile.steps}, {"total_ms", total}, {"stage_ms", stages}};
+}
 
 // Runs a prefill of `prompt` on a new sequence; returns its wall time.
 absl::StatusOr<double> TimePrefill(Engine& engine, Sequence& sequence,
@@ -287,11 +308,15 @@ absl::Status BenchSpec(Engine& engine, std::shared_ptr<const Model> model, const
     std::vector<std::unique_ptr<Sequence>> sequences;
     std::vector<double> prefill_seconds;
     const int count = std::max(options.prefill_repeats, max_batch);
+    StageProfile profile;
+    if (options.profile) engine.set_profile(&profile);
     for (int i = 0; i < count; ++i) {
       sequences.push_back(engine.NewSequence(spec));
       MF_ASSIGN_OR_RETURN(double s, TimePrefill(engine, *sequences.back(), prompt));
       prefill_seconds.push_back(s);
     }
+    engine.set_profile(nullptr);
+    if (options.profile) results.profiles.push_back(ProfileJson("prefill", spec, prompt_length, 1, profile));
     std::vector<double> cold_seconds;
     if (options.cold_repeats > 0) {
       MF_ASSIGN_OR_RETURN(cold_seconds,
@@ -331,12 +356,18 @@ absl::Status BenchSpec(Engine& engine, std::shared_ptr<const Model> model, const
         inputs.push_back({sequences[i].get(), absl::Span<const int32_t>(&tokens[i], 1)});
       }
       std::vector<double> step_seconds;
+      profile.Clear();
       for (int step = 0; step < options.decode_warmup + options.decode_steps; ++step) {
         // Tokens of the prompt: PLE-cache hits, as after warm-up in a server.
         for (int i = 0; i < batch; ++i) tokens[i] = prompt[(7 * step + 13 * i) % prompt_length];
+        if (options.profile && step == options.decode_warmup) engine.set_profile(&profile);
         const double start = NowSeconds();
         MF_RETURN_IF_ERROR(engine.Step(inputs).status());
         if (step >= options.decode_warmup) step_seconds.push_back(NowSeconds() - start);
+      }
+      engine.set_profile(nullptr);
+      if (options.profile) {
+        results.profiles.push_back(ProfileJson("decode", spec, prompt_length, batch, profile));
       }
       const double step = Median(step_seconds);
       const int64_t mid_length = prompt_length + options.decode_warmup + options.decode_steps / 2;
@@ -419,6 +450,20 @@ void AddRatiosAndPrint(const ModelConfig& c, const MachineLimits& limits, int de
     std::printf("batch-cost %-4s %6d %7.2f\n", row["spec"].get<std::string>().c_str(),
                 row["prompt"].get<int>(), row["ratio_16_to_1"].get<double>());
   }
+  if (results.profiles.empty()) return;
+  std::printf("== --profile: ms per step by stage (mean over the timed steps; total = their sum)\n");
+  std::printf("%-7s %-4s %6s %5s %8s", "stage", "spec", "prompt", "batch", "total");
+  for (const char* name : kStageNames) std::printf(" %*s", std::max<int>(8, std::strlen(name)), name);
+  std::printf("\n");
+  for (const Json& row : results.profiles) {
+    std::printf("%-7s %-4s %6d %5d %8.2f", row["kind"].get<std::string>().c_str(),
+                row["spec"].get<std::string>().c_str(), row["prompt"].get<int>(), row["batch"].get<int>(),
+                row["total_ms"].get<double>());
+    for (const char* name : kStageNames) {
+      std::printf(" %*.2f", std::max<int>(8, std::strlen(name)), row["stage_ms"][name].get<double>());
+    }
+    std::printf("\n");
+  }
 }
 
 void PrintLimits(const char* when, const MachineLimits& limits) {
@@ -437,6 +482,7 @@ absl::Status Run() {
   const std::string model_dir = absl::GetFlag(FLAGS_model_dir);
   if (model_dir.empty()) return absl::InvalidArgumentError("--model_dir is required");
   Options options;
+  options.profile = absl::GetFlag(FLAGS_profile);
   MF_ASSIGN_OR_RETURN(options.prompts, ParseIntList("prompts", absl::GetFlag(FLAGS_prompts)));
   MF_ASSIGN_OR_RETURN(options.batches, ParseIntList("batches", absl::GetFlag(FLAGS_batches)));
   options.prefill_repeats = std::max(1, absl::GetFlag(FLAGS_prefill_repeats));
@@ -566,6 +612,7 @@ absl::Status Run() {
              {"prefill", results.prefill},
              {"decode", results.decode},
              {"batch_cost", results.batch_cost},
+             {"profiles", results.profiles},
              {"memory", {{"after_load", MemoryJson(after_load)}, {"at_end", MemoryJson(at_end)}}}};
     std::ofstream file(json_path);
     file << out.dump(2) << "\n";

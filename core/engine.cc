@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/kernels/attention.h"
 #include "core/kernels/ops.h"
+#include "core/util/stage_profile.h"
 #include "core/util/status_macros.h"
 
 namespace matformer {
@@ -181,13 +182,16 @@ void Engine::RunLayer(int layer, absl::Span<const StepInput> inputs, const std::
   };
 
   // Attention.
+  StageClock clock(profile_);
   normalize_rows(w.input_norm);
+  clock.Mark(Stage::kNorm);
   float* q = Scratch::Sized(s.q, rows * q_dim);
   float* k = Scratch::Sized(s.k, rows * kv_dim);
   float* v = Scratch::Sized(s.v, rows * kv_dim);
   MatMul(normed, rows, d, w.q, q, q_dim, false);
   MatMul(normed, rows, d, w.k, k, kv_dim, false);
   MatMul(normed, rows, d, w.v, v, kv_dim, false);
+  clock.Mark(Stage::kQkvProjection);
   KvPool& pool = *kv_pool_;
 #pragma omp parallel for if (parallel_rows)
   for (int64_t r = 0; r < rows; ++r) {
@@ -201,6 +205,7 @@ void Engine::RunLayer(int layer, absl::Span<const StepInput> inputs, const std::
       pool.Write(kv.BlockOf(position), layer, g, kv.SlotOf(position), k + r * kv_dim + g * hd, v + r * kv_dim + g * hd);
     }
   }
+  clock.Mark(Stage::kRopeAndKvWrite);
   float* attention = Scratch::Sized(s.attention, rows * q_dim);
   std::vector<AttentionSegment> segments;
   for (size_t i : order) {
@@ -212,11 +217,14 @@ void Engine::RunLayer(int layer, absl::Span<const StepInput> inputs, const std::
   }
   StepAttention(segments, c.num_kv_heads, c.num_heads / c.num_kv_heads, q, attention,
                 1.0f / std::sqrt(static_cast<float>(hd)), /*window=*/0);
+  clock.Mark(Stage::kAttention);
   MatMul(attention, rows, q_dim, w.o, delta, d, false);
+  clock.Mark(Stage::kOutputProjection);
   add_to_residual();
 
   // Nested FFN: slab j runs on the rows whose width reaches granularities[j].
   normalize_rows(w.post_attention_norm);
+  clock.Mark(Stage::kNorm);
   float* gate = Scratch::Sized(s.gate, rows * ff);
   float* up = Scratch::Sized(s.up, rows * ff);
   std::vector<int64_t> slab_rows(c.granularities.size());
@@ -226,6 +234,7 @@ void Engine::RunLayer(int layer, absl::Span<const StepInput> inputs, const std::
   }
   MatMulNestedRowSlabs(normed, d, slab_rows, w.gate, gate, ff);
   MatMulNestedRowSlabs(normed, d, slab_rows, w.up, up, ff);
+  clock.Mark(Stage::kFfnGateUp);
 #pragma omp parallel for if (parallel_rows)
   for (int64_t r = 0; r < rows; ++r) {
     float* g = gate + r * ff;
@@ -233,12 +242,15 @@ void Engine::RunLayer(int layer, absl::Span<const StepInput> inputs, const std::
     Activate(c.activation, g, s.row_width[r]);
     for (int64_t j = 0; j < s.row_width[r]; ++j) g[j] *= u[j];
   }
+  clock.Mark(Stage::kFfnActivation);
   int64_t slab_begin = 0;
   for (size_t j = 0; j < c.granularities.size() && slab_rows[j] > 0; ++j) {
     MatMul(gate + slab_begin, slab_rows[j], ff, w.down[j], delta, d, /*accumulate=*/j > 0);
     slab_begin = c.granularities[j];
   }
+  clock.Mark(Stage::kFfnDown);
   add_to_residual();
+  clock.Mark(Stage::kNorm);
 
   // Per-layer input: gate the token's PLE vector by the residual, project back.
   const int64_t ple_width = static_cast<int64_t>(c.num_layers) * c.ple_dim;
@@ -255,7 +267,9 @@ void Engine::RunLayer(int layer, absl::Span<const StepInput> inputs, const std::
   MatMul(ple_gate, rows, c.ple_dim, w.ple_projection, delta, d, false);
 #pragma omp parallel for if (parallel_rows)
   for (int64_t r = 0; r < rows; ++r) RmsNorm(delta + r * d, w.post_ple_norm.data(), d, eps, delta + r * d);
+  clock.Mark(Stage::kPerLayerInput);
   add_to_residual();
+  clock.Mark(Stage::kNorm);
 }
 
 absl::StatusOr<std::vector<float>> Engine::Step(absl::Span<const StepInput> inputs) {
@@ -268,6 +282,7 @@ absl::StatusOr<std::vector<float>> Engine::Step(absl::Span<const StepInput> inpu
   const ModelWeights& w = model_->weights();
   const int64_t d = c.hidden_size;
   Scratch& s = *scratch_;
+  StageClock clock(profile_);
 
   std::vector<int64_t> row_begin(inputs.size());
   std::vector<int32_t> tokens;
@@ -295,8 +310,10 @@ absl::StatusOr<std::vector<float>> Engine::Step(absl::Span<const StepInput> inpu
     for (int64_t j = 0; j < d; ++j) hidden[r * d + j] *= embed_scale;
   }
   ComputePle(tokens, Scratch::Sized(s.ple, total * c.num_layers * c.ple_dim));
+  clock.Mark(Stage::kEmbedding);
 
   for (int layer = 0; layer < c.num_layers; ++layer) RunLayer(layer, inputs, row_begin);
+  clock = StageClock(profile_);
   for (const StepInput& input : inputs) {
     input.sequence->kv.set_length(input.sequence->kv.length() + static_cast<int64_t>(input.tokens.size()));
   }
@@ -313,6 +330,8 @@ absl::StatusOr<std::vector<float>> Engine::Step(absl::Span<const StepInput> inpu
   }
   std::vector<float> logits(rows * c.vocab_size);
   MatMul(normed, rows, d, w.lm_head, logits.data(), c.vocab_size, false);
+  clock.Mark(Stage::kLmHead);
+  if (profile_ != nullptr) ++profile_->steps;
   return logits;
 }
 

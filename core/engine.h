@@ -11,6 +11,7 @@
 #include "core/model/submodel.h"
 #include "core/model/weights.h"
 #include "core/ple/ple_cache.h"
+#include "core/util/stage_profile.h"
 #include "core/serving_engine.h"
 
 namespace matformer {
@@ -42,6 +43,8 @@ class Engine : public ServingEngine {
   absl::string_view family() const override { return "matformer_ple"; }
   KvPool& kv_pool() override { return *kv_pool_; }
   PleCache& ple_cache() override { return *ple_cache_; }
+  // Steps add their time per stage to `profile` until it is reset to null.
+  void set_profile(StageProfile* profile) { profile_ = profile; }
 
  private:
   struct Scratch;
@@ -56,6 +59,7 @@ class Engine : public ServingEngine {
   std::unique_ptr<PleCache> ple_cache_;
   std::vector<float> rope_inv_freq_;
   std::unique_ptr<Scratch> scratch_;
+  StageProfile* profile_ = nullptr;
 };
 
 }  // namespace matformer

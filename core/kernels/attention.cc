@@ -29,7 +29,7 @@ void PagedAttention(const KvPool& pool, absl::Span<const int32_t> blocks, int po
 }
 
 void StepAttention(absl::Span<const AttentionSegment> segments, int num_kv_heads, int heads_per_kv, const float* q,
-                   float* out, float scale, int64_t window) {
+                   float* out, float scale, int64_t window, PagedAttentionFn kernel) {
   struct Task {
     const AttentionSegment* segment;
     int kv_head;
@@ -52,14 +52,14 @@ void StepAttention(absl::Span<const AttentionSegment> segments, int num_kv_heads
     const AttentionSegment& segment = *task.segment;
     const int64_t offset =
         (segment.first_row + task.begin) * row_stride + int64_t{task.kv_head} * heads_per_kv * head_dim;
-    PagedAttention(segment.kv->pool(), segment.kv->blocks(), segment.pool_layer, task.kv_head,
-                   {.q = q + offset,
-                    .out = out + offset,
-                    .row_stride = row_stride,
-                    .first_position = segment.first_position + task.begin,
-                    .tokens = task.end - task.begin,
-                    .heads = heads_per_kv},
-                   scale, window);
+    kernel(segment.kv->pool(), segment.kv->blocks(), segment.pool_layer, task.kv_head,
+           {.q = q + offset,
+            .out = out + offset,
+            .row_stride = row_stride,
+            .first_position = segment.first_position + task.begin,
+            .tokens = task.end - task.begin,
+            .heads = heads_per_kv},
+           scale, window);
   }
 }
 

@@ -43,13 +43,17 @@ struct AttentionSegment {
   int64_t tokens;
 };
 
-// PagedAttention for every segment and KV head of a step, in tasks of up to
-// kAttentionTokenTile query tokens spread over the OpenMP threads. q and out
-// are [rows][num_kv_heads * heads_per_kv * head_dim], the query heads of KV
-// head g being heads [g * heads_per_kv, (g + 1) * heads_per_kv).
+// PagedAttention's signature, for running one instruction set's build (tests, bench/attention_bench).
+using PagedAttentionFn = void (*)(const KvPool& pool, absl::Span<const int32_t> blocks, int pool_layer, int kv_head,
+                                  const AttentionQueries& queries, float scale, int64_t window);
+
+// PagedAttention (or `kernel`) for every segment and KV head of a step, in
+// tasks of up to kAttentionTokenTile query tokens spread over the OpenMP
+// threads. q and out are [rows][num_kv_heads * heads_per_kv * head_dim], the
+// query heads of KV head g being heads [g * heads_per_kv, (g + 1) * heads_per_kv).
 inline constexpr int64_t kAttentionTokenTile = 32;
 void StepAttention(absl::Span<const AttentionSegment> segments, int num_kv_heads, int heads_per_kv, const float* q,
-                   float* out, float scale, int64_t window);
+                   float* out, float scale, int64_t window, PagedAttentionFn kernel = PagedAttention);
 
 // These kernels and ops.h's need AVX2 and FMA (x86-64-v3; AVX-512 is used
 // when present): FailedPrecondition on a CPU without them, checked when a

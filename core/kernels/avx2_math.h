@@ -57,6 +57,7 @@ inline __m256i TailMask(int64_t count) {
 struct Avx2 {
   using Vec = __m256;
   static constexpr int kLanes = 8;
+  static constexpr int kRegisters = 16;
   static Vec Zero() { return _mm256_setzero_ps(); }
   static Vec Set1(float x) { return _mm256_set1_ps(x); }
   static Vec Load(const float* p) { return _mm256_loadu_ps(p); }
