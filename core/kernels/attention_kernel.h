@@ -28,8 +28,9 @@ void PagedAttentionAvx512(const KvPool& pool, absl::Span<const int32_t> blocks, 
                           const AttentionQueries& queries, float scale, int64_t window);
 
 // The kernel over the vector type V: V::Vec holds V::kLanes floats in one of
-// V::kRegisters vector registers; V has Zero, Set1, Load, Store, LoadBf16
-// (kLanes bf16 widened), Broadcast (from memory), Fmadd, Mul, Add, Sub, Max,
+// V::kRegisters vector registers; V has Zero, Set1, Load, Store,
+// LoadBf16Pair(p, even, odd) (2 x kLanes bf16 of a paired tile, KvPool,
+// widened: the even elements and the odd ones), Broadcast (from memory), Fmadd, Mul, Add, Sub, Max,
 // Exp, ReduceMax, ReduceSum, First (lane 0) and KeepInRange(v, slot, lo, hi,
 // otherwise): lane i of v where slot + i is in [lo, hi), else `otherwise`.
 //
@@ -63,14 +64,6 @@ struct PagedAttentionKernel {
     float sum = 0.0f;
   };
 
-  template <typename T>
-  static Vec LoadF32(const T* p) {
-    if constexpr (std::is_same_v<T, float>) {
-      return V::Load(p);
-    } else {
-      return V::LoadBf16(p);
-    }
-  }
 
   // The blocks of one span as tiles of T (the pool's bf16, or f32), and the
   // slots [lo, hi) of each that each query of the chunk sees; [first, last)
@@ -86,44 +79,70 @@ struct PagedAttentionKernel {
     int64_t prefetch_bytes = 0;
   };
 
-  // scores[q][0, 16) = queries[q] · keys[:, 0, 16) for Q queries of head_dim
-  // (rows query_stride apart); keys is a key tile (rows key_stride apart) at
-  // the group's first slot. Even and odd j sum apart when Q x kGroupVectors
-  // is below 8: two FMA units of 4-cycle latency need 8 independent sums.
+  // scores[q][0, 16) = queries[q] · keys[:, slot + [0, 16)) for Q queries of
+  // head_dim (rows query_stride apart) against a key tile. Even and odd j sum
+  // apart (two FMA units of 4-cycle latency need 8 independent sums; a bf16
+  // tile hands out rows in pairs anyway).
   template <int Q, typename T>
-  static void ScoreGroup(const float* queries, int64_t query_stride, const T* keys, int64_t key_stride,
+  static void ScoreGroup(const float* queries, int64_t query_stride, const T* tile, int slot, int64_t key_stride,
                          int head_dim, float* scores, int64_t score_stride) {
-    constexpr int kSplit = Q * kGroupVectors >= 8 ? 1 : 2;
-    Vec sums[kSplit][Q][kGroupVectors];
-    for (int h = 0; h < kSplit; ++h) {
+    Vec sums[2][Q][kGroupVectors];
+    for (int h = 0; h < 2; ++h) {
       for (int q = 0; q < Q; ++q) {
         for (int g = 0; g < kGroupVectors; ++g) sums[h][q][g] = V::Zero();
       }
     }
-    auto add_row = [&](int h, int j) {
-      Vec k[kGroupVectors];
-      for (int g = 0; g < kGroupVectors; ++g) k[g] = LoadF32(keys + j * key_stride + g * kLanes);
+    auto add_row = [&](int h, int j, const Vec (&k)[kGroupVectors]) {
       for (int q = 0; q < Q; ++q) {
         const Vec qj = V::Broadcast(queries + q * query_stride + j);
         for (int g = 0; g < kGroupVectors; ++g) sums[h][q][g] = V::Fmadd(qj, k[g], sums[h][q][g]);
       }
     };
-    int j = 0;
-    for (; j + kSplit <= head_dim; j += kSplit) {
-      for (int h = 0; h < kSplit; ++h) add_row(h, j + h);
+    // Rows j and j + 1 of the tile start here (a bf16 tile's pair row holds both).
+    auto rows = [&](int j) {
+      return std::is_same_v<T, float> ? tile + int64_t{j} * key_stride + slot : tile + (int64_t{j / 2} * key_stride + slot) * 2;
+    };
+    auto load_rows = [&](const T* p, Vec (&even)[kGroupVectors], Vec (&odd)[kGroupVectors]) {
+      for (int g = 0; g < kGroupVectors; ++g) {
+        if constexpr (std::is_same_v<T, float>) {
+          even[g] = V::Load(p + g * kLanes);
+          odd[g] = V::Load(p + key_stride + g * kLanes);
+        } else {
+          V::LoadBf16Pair(p + g * kLanes * 2, even[g], odd[g]);
+        }
+      }
+    };
+    const int pairs_end = head_dim / 2 * 2;
+#pragma GCC unroll 4
+    for (int j = 0; j < pairs_end; j += 2) {
+      Vec even[kGroupVectors], odd[kGroupVectors];
+      load_rows(rows(j), even, odd);
+      add_row(0, j, even);
+      add_row(1, j + 1, odd);
     }
-    for (; j < head_dim; ++j) add_row(0, j);
+    if (pairs_end < head_dim) {  // odd head_dim: the last row alone (a bf16 pair's odd half is padding)
+      Vec even[kGroupVectors];
+      for (int g = 0; g < kGroupVectors; ++g) {
+        if constexpr (std::is_same_v<T, float>) {
+          even[g] = V::Load(rows(pairs_end) + g * kLanes);
+        } else {
+          Vec unused;
+          V::LoadBf16Pair(rows(pairs_end) + g * kLanes * 2, even[g], unused);
+        }
+      }
+      add_row(0, pairs_end, even);
+    }
     for (int q = 0; q < Q; ++q) {
       for (int g = 0; g < kGroupVectors; ++g) {
-        Vec sum = sums[0][q][g];
-        if constexpr (kSplit == 2) sum = V::Add(sum, sums[1][q][g]);
-        V::Store(scores + q * score_stride + g * kLanes, sum);
+        V::Store(scores + q * score_stride + g * kLanes, V::Add(sums[0][q][g], sums[1][q][g]));
       }
     }
   }
 
   // acc[q][0, N lanes) = acc[q] * rescale[q] + sum over the span's visible
-  // slots of weights[q][slot] * values[slot][0, N lanes), for Q queries.
+  // slots of weights[q][slot] * values[slot][0, N lanes), for Q queries. A
+  // bf16 tile gives its slots in pairs: an odd first or last slot brings its
+  // neighbour, whose weight FoldSpan has set to 0 (same vector of scores).
   template <int Q, int N, typename T>
   static void AccumulateValues(const Span<T>& span, int key_stride, int64_t value_stride, int64_t offset,
                                const float* weights, int64_t weight_stride, const float* rescale, float* acc) {
@@ -132,15 +151,29 @@ struct PagedAttentionKernel {
       const Vec scale = V::Set1(rescale[q]);
       for (int n = 0; n < N; ++n) sums[q][n] = V::Mul(V::Load(acc + q * value_stride + n * kLanes), scale);
     }
+    auto add_slot = [&](const float* slot_weights, const Vec (&value)[N]) {
+      for (int q = 0; q < Q; ++q) {
+        const Vec weight = V::Broadcast(slot_weights + q * weight_stride);
+        for (int n = 0; n < N; ++n) sums[q][n] = V::Fmadd(weight, value[n], sums[q][n]);
+      }
+    };
     for (int b = 0; b < span.blocks; ++b) {
-      const T* values = span.values[b] + offset;
+      const T* values = span.values[b];
       const float* block_weights = weights + b * key_stride;
-      for (int slot = span.first[b]; slot < span.last[b]; ++slot) {
-        Vec value[N];
-        for (int n = 0; n < N; ++n) value[n] = LoadF32(values + slot * value_stride + n * kLanes);
-        for (int q = 0; q < Q; ++q) {
-          const Vec weight = V::Broadcast(block_weights + q * weight_stride + slot);
-          for (int n = 0; n < N; ++n) sums[q][n] = V::Fmadd(weight, value[n], sums[q][n]);
+      if constexpr (std::is_same_v<T, float>) {
+        for (int slot = span.first[b]; slot < span.last[b]; ++slot) {
+          Vec value[N];
+          for (int n = 0; n < N; ++n) value[n] = V::Load(values + slot * value_stride + offset + n * kLanes);
+          add_slot(block_weights + slot, value);
+        }
+      } else {
+        for (int slot = span.first[b] / 2 * 2; slot < span.last[b]; slot += 2) {
+          Vec even[N], odd[N];
+          for (int n = 0; n < N; ++n) {
+            V::LoadBf16Pair(values + (slot / 2 * value_stride + offset + n * kLanes) * 2, even[n], odd[n]);
+          }
+          add_slot(block_weights + slot, even);
+          add_slot(block_weights + slot + 1, odd);
         }
       }
     }
@@ -205,7 +238,7 @@ struct PagedAttentionKernel {
     for (int b = 0; b < span.blocks; ++b) {
       if (!span.prefetch.empty() && span.prefetch[b] != nullptr) Prefetch(span.prefetch[b], span.prefetch_bytes);
       for (int slot = span.first[b] / kGroupSlots * kGroupSlots; slot < span.last[b]; slot += kGroupSlots) {
-        ScoreGroup<Q>(queries, head_dim, span.keys[b] + slot, key_stride, head_dim, scores + b * key_stride + slot,
+        ScoreGroup<Q>(queries, head_dim, span.keys[b], slot, key_stride, head_dim, scores + b * key_stride + slot,
                       score_stride);
       }
     }
@@ -260,8 +293,8 @@ struct PagedAttentionKernel {
     const int span_blocks = std::max(1, kSpanSlots / block_tokens);
     scores.resize(static_cast<size_t>(kChunkQueries) * span_blocks * key_stride);
     const int64_t tiles_bytes = pool.key_tile_bytes() + pool.value_tile_bytes();
-    const int64_t key_tile_elements = int64_t{head_dim} * key_stride;
-    const int64_t tile_elements = key_tile_elements + int64_t{block_tokens} * value_stride;
+    const int64_t key_tile_elements = pool.key_tile_bytes() / sizeof(T);
+    const int64_t tile_elements = key_tile_elements + pool.value_tile_bytes() / sizeof(T);
     // A bf16 span serving several chunks is widened to f32 once.
     constexpr bool kBf16 = !std::is_same_v<T, float>;
     const bool widen = kBf16 && chunks > 1;
@@ -272,8 +305,6 @@ struct PagedAttentionKernel {
 
     for (int64_t span_first = first_block; span_first <= last_block; span_first += span_blocks) {
       const int blocks_in_span = static_cast<int>(std::min<int64_t>(span_blocks, last_block + 1 - span_first));
-      // Blocks are scattered over the pool: ask for the next span's tiles (a
-      // contiguous run per block) while this one is computed.
       // Blocks are scattered over the pool: the next span's tiles (a
       // contiguous run per block) are fetched while this span is computed, in
       // decode one block at a time as this span's blocks are scored (in one
@@ -304,7 +335,23 @@ struct PagedAttentionKernel {
         widened_span.values.resize(blocks_in_span);
         for (int b = 0; b < blocks_in_span; ++b) {
           float* tile = widened.data() + b * tile_elements;
-          for (int64_t i = 0; i < tile_elements; i += kLanes) V::Store(tile + i, LoadF32(pool_span.keys[b] + i));
+          if constexpr (kBf16) {
+            // Row pairs become rows: [rows / 2][stride][2] -> [rows][stride] (KvPool), keys then values.
+            const int64_t key_rows = key_tile_elements / key_stride;
+            const int64_t value_rows = (tile_elements - key_tile_elements) / value_stride;
+            auto unpair = [&](const uint16_t* in, int64_t rows, int64_t stride, float* out) {
+              for (int64_t r = 0; r < rows; r += 2) {
+                for (int64_t i = 0; i < stride; i += kLanes) {
+                  Vec even, odd;
+                  V::LoadBf16Pair(in + (r / 2 * stride + i) * 2, even, odd);
+                  V::Store(out + r * stride + i, even);
+                  V::Store(out + (r + 1) * stride + i, odd);
+                }
+              }
+            };
+            unpair(pool_span.keys[b], key_rows, key_stride, tile);
+            unpair(pool_span.values[b], value_rows, value_stride, tile + key_tile_elements);
+          }
           widened_span.keys[b] = tile;
           widened_span.values[b] = tile + key_tile_elements;
         }

@@ -21,8 +21,9 @@ KvPool::KvPool(int num_layers, int num_kv_heads, int head_dim, int block_tokens,
       dtype_(dtype),
       element_bytes_(static_cast<int64_t>(DTypeSize(dtype))),
       num_blocks_(num_blocks),
-      key_tile_elements_(static_cast<int64_t>(head_dim) * key_stride_),
-      value_tile_elements_(static_cast<int64_t>(block_tokens) * value_stride_),
+      key_tile_elements_(static_cast<int64_t>(dtype == DType::kBF16 ? RoundUp(head_dim, 2) : head_dim) * key_stride_),
+      value_tile_elements_(static_cast<int64_t>(dtype == DType::kBF16 ? RoundUp(block_tokens, 2) : block_tokens) *
+                           value_stride_),
       block_elements_(static_cast<int64_t>(num_layers) * num_kv_heads * (key_tile_elements_ + value_tile_elements_)),
       storage_(static_cast<size_t>(num_blocks * block_elements_ * element_bytes_)) {
   free_list_.reserve(num_blocks);
@@ -63,27 +64,19 @@ int64_t KvPool::ValueOffset(int32_t block, int layer, int kv_head) const {
   return KeyOffset(block, layer, kv_head) + key_tile_elements_;
 }
 
-namespace {
-
-template <typename T>
-void WriteTiles(const float* key, const float* value, int head_dim, int slot, int key_stride, int value_stride,
-                T* keys, T* values, T (*convert)(float)) {
-  for (int j = 0; j < head_dim; ++j) keys[static_cast<int64_t>(j) * key_stride + slot] = convert(key[j]);
-  T* value_row = values + static_cast<int64_t>(slot) * value_stride;
-  for (int j = 0; j < head_dim; ++j) value_row[j] = convert(value[j]);
-}
-
-}  // namespace
-
 void KvPool::Write(int32_t block, int layer, int kv_head, int slot, const float* key, const float* value) {
   std::byte* keys = storage_.data() + KeyOffset(block, layer, kv_head) * element_bytes_;
   std::byte* values = storage_.data() + ValueOffset(block, layer, kv_head) * element_bytes_;
+  auto write = [&](auto* key_tile, auto* value_tile, auto convert) {
+    for (int j = 0; j < head_dim_; ++j) {
+      key_tile[KeyIndex(j, slot)] = convert(key[j]);
+      value_tile[ValueIndex(slot, j)] = convert(value[j]);
+    }
+  };
   if (dtype_ == DType::kBF16) {
-    WriteTiles<uint16_t>(key, value, head_dim_, slot, key_stride_, value_stride_, reinterpret_cast<uint16_t*>(keys),
-                         reinterpret_cast<uint16_t*>(values), F32ToBf16);
+    write(reinterpret_cast<uint16_t*>(keys), reinterpret_cast<uint16_t*>(values), F32ToBf16);
   } else {
-    WriteTiles<float>(key, value, head_dim_, slot, key_stride_, value_stride_, reinterpret_cast<float*>(keys),
-                      reinterpret_cast<float*>(values), [](float x) { return x; });
+    write(reinterpret_cast<float*>(keys), reinterpret_cast<float*>(values), [](float x) { return x; });
   }
 }
 

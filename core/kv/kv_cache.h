@@ -29,7 +29,11 @@ namespace matformer {
 //
 // Keys and values are stored in f32 or bf16 (`dtype`); in bf16 the pool is
 // half the size and attention reads half the bytes (rounded to nearest even
-// when written, widened exactly when read).
+// when written, widened exactly when read). bf16 tiles interleave pairs of
+// rows, so that one vector load holds 2 rows of 16 and each widens to f32 in
+// one instruction (a shift for the even row, a mask for the odd one): keys
+// [head_dim / 2][key_stride][2], values [block_tokens / 2][value_stride][2],
+// the halved dimension rounded up (KeyIndex, ValueIndex).
 class KvPool {
  public:
   static constexpr int kKeySlotMultiple = 16;
@@ -58,7 +62,8 @@ class KvPool {
   // Stores one position's key and value (head_dim each) in `slot` of `block`.
   void Write(int32_t block, int layer, int kv_head, int slot, const float* key, const float* value);
   // The key tile [head_dim][key_stride] and value tile [block_tokens][value_stride]
-  // as stored: T is float for an f32 pool, uint16_t (bf16 bits) for a bf16 one.
+  // as stored: T is float for an f32 pool, uint16_t (bf16 bits, pairs
+  // interleaved) for a bf16 one.
   template <typename T>
   const T* KeyTile(int32_t block, int layer, int kv_head) const {
     return reinterpret_cast<const T*>(storage_.data() + KeyOffset(block, layer, kv_head) * element_bytes_);
@@ -66,6 +71,15 @@ class KvPool {
   template <typename T>
   const T* ValueTile(int32_t block, int layer, int kv_head) const {
     return reinterpret_cast<const T*>(storage_.data() + ValueOffset(block, layer, kv_head) * element_bytes_);
+  }
+  // Where element (dim j, slot) of a key tile and (slot, dim j) of a value tile are.
+  int64_t KeyIndex(int j, int slot) const {
+    return dtype_ == DType::kBF16 ? (int64_t{j / 2} * key_stride_ + slot) * 2 + j % 2
+                                  : int64_t{j} * key_stride_ + slot;
+  }
+  int64_t ValueIndex(int slot, int j) const {
+    return dtype_ == DType::kBF16 ? (int64_t{slot / 2} * value_stride_ + j) * 2 + slot % 2
+                                  : int64_t{slot} * value_stride_ + j;
   }
   int64_t key_tile_bytes() const { return key_tile_elements_ * element_bytes_; }
   int64_t value_tile_bytes() const { return value_tile_elements_ * element_bytes_; }

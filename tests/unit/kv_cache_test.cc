@@ -63,7 +63,9 @@ TEST(KvPoolTest, KeysAndValuesOfDifferentSlotsDoNotAlias) {
         const int slot = a.SlotOf(position);
         for (int j = 0; j < kHeadDim; ++j) {
           EXPECT_EQ(keys[j * pool.key_stride() + slot], key_of(position, layer, head, j));
+          EXPECT_EQ(keys[pool.KeyIndex(j, slot)], key_of(position, layer, head, j));
           EXPECT_EQ(values[slot * pool.value_stride() + j], -key_of(position, layer, head, j) - 1);
+          EXPECT_EQ(values[pool.ValueIndex(slot, j)], -key_of(position, layer, head, j) - 1);
         }
       }
     }
@@ -81,9 +83,13 @@ TEST(KvPoolTest, Bf16PoolIsHalfTheSizeAndStoresTheRoundedValues) {
   bf16.Write(/*block=*/3, /*layer=*/1, /*kv_head=*/1, /*slot=*/5, key, value);
   const uint16_t* keys = bf16.KeyTile<uint16_t>(3, 1, 1);
   const uint16_t* values = bf16.ValueTile<uint16_t>(3, 1, 1);
+  // Pairs interleaved: key dims 2i and 2i + 1 of a slot side by side, value
+  // slots 4 and 5 of a dimension side by side.
   for (int j = 0; j < 8; ++j) {
-    EXPECT_EQ(keys[j * bf16.key_stride() + 5], F32ToBf16(key[j]));
-    EXPECT_EQ(values[5 * bf16.value_stride() + j], F32ToBf16(value[j]));
+    EXPECT_EQ(keys[(j / 2 * bf16.key_stride() + 5) * 2 + j % 2], F32ToBf16(key[j]));
+    EXPECT_EQ(keys[bf16.KeyIndex(j, 5)], F32ToBf16(key[j]));
+    EXPECT_EQ(values[(2 * bf16.value_stride() + j) * 2 + 1], F32ToBf16(value[j]));
+    EXPECT_EQ(values[bf16.ValueIndex(5, j)], F32ToBf16(value[j]));
   }
 }
 
