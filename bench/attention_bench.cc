@@ -108,6 +108,30 @@ double MedianSeconds(int repeats, Step step) {
   return Median(seconds);
 }
 
+// Median seconds of StepAttention over every layer for `segments` (whose
+// pool_layer is set per layer), `rows` rows of random queries.
+double TimeLayers(const Geometry& g, PagedAttentionFn kernel, int repeats, std::vector<AttentionSegment> segments,
+                  int64_t rows) {
+  std::vector<float> q(rows * g.row()), out(q.size());
+  std::mt19937 rng(2);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (float& x : q) x = normal(rng);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(g.head_dim));
+  return MedianSeconds(repeats, [&] {
+    for (int layer = 0; layer < g.layers; ++layer) {
+      for (AttentionSegment& segment : segments) segment.pool_layer = layer;
+      StepAttention(segments, g.kv_heads, g.heads_per_kv, q.data(), out.data(), scale, 0, kernel);
+    }
+  });
+}
+
+// `pairs` visible query-key pairs per (layer, query head); `positions` read per (layer, KV head).
+Row RowOf(const Geometry& g, DType dtype, double seconds, double pairs, double positions) {
+  return Row{.ms = seconds * 1e3,
+             .flops = 4.0 * g.head_dim * g.kv_heads * g.heads_per_kv * g.layers * pairs,
+             .kv_bytes = 2.0 * g.head_dim * g.kv_heads * g.layers * positions * DTypeSize(dtype)};
+}
+
 absl::StatusOr<Row> Decode(const Geometry& g, DType dtype, PagedAttentionFn kernel, int repeats) {
   MF_ASSIGN_OR_RETURN(FilledPool filled, Fill(g, dtype, g.sequences, g.context + 1));
   std::vector<AttentionSegment> segments;
@@ -115,43 +139,18 @@ absl::StatusOr<Row> Decode(const Geometry& g, DType dtype, PagedAttentionFn kern
     segments.push_back({.kv = filled.sequences[i].get(), .pool_layer = 0, .first_row = i,
                         .first_position = g.context, .tokens = 1});
   }
-  std::vector<float> q(g.sequences * g.row()), out(q.size());
-  std::mt19937 rng(2);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  for (float& x : q) x = normal(rng);
-  const float scale = 1.0f / std::sqrt(static_cast<float>(g.head_dim));
-  const double seconds = MedianSeconds(repeats, [&] {
-    for (int layer = 0; layer < g.layers; ++layer) {
-      for (AttentionSegment& segment : segments) segment.pool_layer = layer;
-      StepAttention(segments, g.kv_heads, g.heads_per_kv, q.data(), out.data(), scale, 0, kernel);
-    }
-  });
-  const double pairs = static_cast<double>(g.sequences) * (g.context + 1);
-  return Row{.ms = seconds * 1e3,
-             .flops = 4.0 * g.head_dim * g.kv_heads * g.heads_per_kv * g.layers * pairs,
-             .kv_bytes = 2.0 * g.head_dim * g.kv_heads * g.layers * pairs * DTypeSize(dtype)};
+  const double seconds = TimeLayers(g, kernel, repeats, segments, g.sequences);
+  const double positions = static_cast<double>(g.sequences) * (g.context + 1);
+  return RowOf(g, dtype, seconds, positions, positions);
 }
 
 absl::StatusOr<Row> Prefill(const Geometry& g, DType dtype, PagedAttentionFn kernel, int repeats) {
   MF_ASSIGN_OR_RETURN(FilledPool filled, Fill(g, dtype, 1, g.context));
-  const AttentionSegment segment{.kv = filled.sequences[0].get(), .pool_layer = 0, .first_row = 0,
-                                 .first_position = 0, .tokens = g.context};
-  std::vector<float> q(g.context * g.row()), out(q.size());
-  std::mt19937 rng(2);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  for (float& x : q) x = normal(rng);
-  const float scale = 1.0f / std::sqrt(static_cast<float>(g.head_dim));
-  const double seconds = MedianSeconds(repeats, [&] {
-    for (int layer = 0; layer < g.layers; ++layer) {
-      AttentionSegment s = segment;
-      s.pool_layer = layer;
-      StepAttention({&s, 1}, g.kv_heads, g.heads_per_kv, q.data(), out.data(), scale, 0, kernel);
-    }
-  });
-  const double pairs = g.context * (g.context + 1) / 2.0;
-  return Row{.ms = seconds * 1e3,
-             .flops = 4.0 * g.head_dim * g.kv_heads * g.heads_per_kv * g.layers * pairs,
-             .kv_bytes = 2.0 * g.head_dim * g.kv_heads * g.layers * g.context * DTypeSize(dtype)};
+  const double seconds = TimeLayers(g, kernel, repeats,
+                                    {{.kv = filled.sequences[0].get(), .pool_layer = 0, .first_row = 0,
+                                      .first_position = 0, .tokens = g.context}},
+                                    g.context);
+  return RowOf(g, dtype, seconds, g.context * (g.context + 1) / 2.0, g.context);
 }
 
 absl::Status Run() {

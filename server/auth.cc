@@ -12,7 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "nlohmann/json.hpp"
-#include "server/files.h"
+#include "core/util/files.h"
 
 namespace matformer::server {
 namespace {

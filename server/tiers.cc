@@ -5,7 +5,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
-#include "server/files.h"
+#include "core/util/files.h"
 
 namespace matformer::server {
 namespace {

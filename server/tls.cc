@@ -11,7 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "grpcpp/security/server_credentials.h"
-#include "server/files.h"
+#include "core/util/files.h"
 
 namespace matformer::server {
 namespace {

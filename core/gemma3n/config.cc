@@ -1,10 +1,9 @@
 #include "core/gemma3n/config.h"
 
-#include <fstream>
-#include <sstream>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "core/util/files.h"
 #include "core/util/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -284,14 +283,8 @@ absl::StatusOr<Config> ParseConfig(absl::string_view json_text) {
 }
 
 absl::StatusOr<Config> LoadConfig(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open '", path, "'"));
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (text.str().size() > static_cast<size_t>(kMaxConfigBytes)) {
-    return absl::InvalidArgumentError(absl::StrCat("'", path, "' is larger than ", kMaxConfigBytes, " bytes"));
-  }
-  return ParseConfig(text.str());
+  MF_ASSIGN_OR_RETURN(const std::string text, ReadBoundedFile(path, kMaxConfigBytes, absl::StrCat("'", path, "': ")));
+  return ParseConfig(text);
 }
 
 }  // namespace matformer::gemma3n

@@ -2,12 +2,11 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "core/gemma3n/chat.h"
+#include "core/util/files.h"
 #include "core/util/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -16,12 +15,11 @@ namespace {
 
 using Json = nlohmann::json;
 
+// generation_config.json, config.json, a slicing table: all small.
+constexpr size_t kMaxTextFileBytes = 4 << 20;
+
 absl::StatusOr<std::string> ReadText(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
+  return ReadBoundedFile(path, kMaxTextFileBytes, absl::StrCat(path, ": "));
 }
 
 absl::StatusOr<Json> ReadJson(const std::string& path) {

@@ -10,6 +10,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/util/files.h"
 #include "core/util/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -34,17 +35,6 @@ absl::StatusOr<std::string> FindPrefix(const std::vector<std::string>& names, co
   }
   return absl::InvalidArgumentError(absl::StrCat(
       where, ": no Gemma 3n language-model tensors (expected names under '", kMultimodalPrefix, "')"));
-}
-
-absl::StatusOr<std::string> ReadSmallFile(const std::string& path, int64_t max_bytes) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open '", path, "'"));
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (static_cast<int64_t>(text.str().size()) > max_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat("'", path, "' is larger than ", max_bytes, " bytes"));
-  }
-  return text.str();
 }
 
 std::string ShapeText(const std::vector<int64_t>& shape) { return absl::StrCat("[", absl::StrJoin(shape, ", "), "]"); }
@@ -168,7 +158,7 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
   const std::string index_path = directory + "/model.safetensors.index.json";
   std::vector<std::string> shard_names;
   if (std::ifstream(index_path).good()) {
-    MF_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(index_path, kMaxIndexBytes));
+    MF_ASSIGN_OR_RETURN(std::string text, ReadBoundedFile(index_path, kMaxIndexBytes, absl::StrCat("'", index_path, "': ")));
     Json index;
     try {
       index = Json::parse(text);

@@ -30,9 +30,10 @@ void PagedAttentionAvx512(const KvPool& pool, absl::Span<const int32_t> blocks, 
 // The kernel over the vector type V: V::Vec holds V::kLanes floats in one of
 // V::kRegisters vector registers; V has Zero, Set1, Load, Store,
 // LoadBf16Pair(p, even, odd) (2 x kLanes bf16 of a paired tile, KvPool,
-// widened: the even elements and the odd ones), Broadcast (from memory), Fmadd, Mul, Add, Sub, Max,
-// Exp, ReduceMax, ReduceSum, First (lane 0) and KeepInRange(v, slot, lo, hi,
-// otherwise): lane i of v where slot + i is in [lo, hi), else `otherwise`.
+// widened: the even elements and the odd ones), Broadcast (from memory),
+// Fmadd, Mul, Add, Sub, Max, Exp, ReduceMax, ReduceSum, First (lane 0) and
+// KeepInRange(v, slot, lo, hi, otherwise): lane i of v where slot + i is in
+// [lo, hi), else `otherwise`.
 //
 // The work is cut in chunks of 4 queries (the query heads of a KV group, and
 // across tokens in prefill) and spans of up to 64 keys (whole blocks). Per
@@ -41,9 +42,9 @@ void PagedAttentionAvx512(const KvPool& pool, absl::Span<const int32_t> blocks, 
 // query for the whole span (the reductions and the rescale, a latency chain,
 // once per 64 keys rather than per block), then the span's values are
 // accumulated for the 4 queries at once (a value vector feeds 4 FMAs).
-// A bf16 pool is read as bf16 when a span serves one chunk (decode: the
-// conversion is two instructions per vector in registers) and widened to f32
-// once per span when it serves many (prefill).
+// A bf16 pool is read as bf16 when a span serves one chunk (decode: a load
+// of a pair row and one instruction per row widen it in registers) and
+// widened to f32 once per span when it serves many (prefill).
 template <typename V>
 struct PagedAttentionKernel {
   using Vec = typename V::Vec;
@@ -63,7 +64,6 @@ struct PagedAttentionKernel {
     float max = -INFINITY;
     float sum = 0.0f;
   };
-
 
   // The blocks of one span as tiles of T (the pool's bf16, or f32), and the
   // slots [lo, hi) of each that each query of the chunk sees; [first, last)
@@ -100,7 +100,8 @@ struct PagedAttentionKernel {
     };
     // Rows j and j + 1 of the tile start here (a bf16 tile's pair row holds both).
     auto rows = [&](int j) {
-      return std::is_same_v<T, float> ? tile + int64_t{j} * key_stride + slot : tile + (int64_t{j / 2} * key_stride + slot) * 2;
+      return std::is_same_v<T, float> ? tile + int64_t{j} * key_stride + slot
+                                      : tile + (int64_t{j / 2} * key_stride + slot) * 2;
     };
     auto load_rows = [&](const T* p, Vec (&even)[kGroupVectors], Vec (&odd)[kGroupVectors]) {
       for (int g = 0; g < kGroupVectors; ++g) {

@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/kernels/ops.h"
 #include "core/kernels/small_m_bf16.h"
+#include "core/util/round_up.h"
 #include "core/util/status_macros.h"
 #include "oneapi/dnnl/dnnl.hpp"
 
@@ -38,8 +39,6 @@ constexpr int64_t kRowGranule = 16;
 // Element count below which a pass over x or y is cheaper than starting a
 // parallel region.
 constexpr int64_t kParallelConvertElements = int64_t{1} << 16;
-
-int64_t RoundUp(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
 
 size_t Bf16PackedBytes(int64_t n, int64_t k) {
   return RoundUp(n, kPackBlockN) * RoundUp(k, kPackBlockK) * sizeof(uint16_t);

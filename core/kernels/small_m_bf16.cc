@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "core/util/round_up.h"
+
 namespace matformer::kernels_internal {
 namespace {
 
@@ -110,7 +112,7 @@ void TileRows(int rows, const uint16_t* x, int64_t ldx, const uint16_t* w, int64
 
 void SmallMBf16MatMul(const uint16_t* x, int64_t m, int64_t ldx, const uint16_t* w, int64_t n,
                       int64_t k, float* y, int64_t ldy, bool accumulate) {
-  const int64_t k_padded = (k + kPackBlockK - 1) / kPackBlockK * kPackBlockK;
+  const int64_t k_padded = RoundUp(k, kPackBlockK);
   const int64_t n_blocks = (n + kPackBlockN - 1) / kPackBlockN;
   const int64_t full_pairs = k / 2;
   const int64_t total_pairs = (k + 1) / 2;

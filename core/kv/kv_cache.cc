@@ -4,26 +4,22 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/kernels/ops.h"
+#include "core/util/round_up.h"
 
 namespace matformer {
-
-namespace {
-int RoundUp(int value, int multiple) { return (value + multiple - 1) / multiple * multiple; }
-}  // namespace
 
 KvPool::KvPool(int num_layers, int num_kv_heads, int head_dim, int block_tokens, int64_t num_blocks, DType dtype)
     : num_layers_(num_layers),
       num_kv_heads_(num_kv_heads),
       head_dim_(head_dim),
       block_tokens_(block_tokens),
-      key_stride_(RoundUp(block_tokens, kKeySlotMultiple)),
-      value_stride_(RoundUp(head_dim, kValueDimMultiple)),
+      key_stride_(static_cast<int>(RoundUp(block_tokens, kKeySlotMultiple))),
+      value_stride_(static_cast<int>(RoundUp(head_dim, kValueDimMultiple))),
       dtype_(dtype),
       element_bytes_(static_cast<int64_t>(DTypeSize(dtype))),
       num_blocks_(num_blocks),
-      key_tile_elements_(static_cast<int64_t>(dtype == DType::kBF16 ? RoundUp(head_dim, 2) : head_dim) * key_stride_),
-      value_tile_elements_(static_cast<int64_t>(dtype == DType::kBF16 ? RoundUp(block_tokens, 2) : block_tokens) *
-                           value_stride_),
+      key_tile_elements_((dtype == DType::kBF16 ? RoundUp(head_dim, 2) : head_dim) * key_stride_),
+      value_tile_elements_((dtype == DType::kBF16 ? RoundUp(block_tokens, 2) : block_tokens) * value_stride_),
       block_elements_(static_cast<int64_t>(num_layers) * num_kv_heads * (key_tile_elements_ + value_tile_elements_)),
       storage_(static_cast<size_t>(num_blocks * block_elements_ * element_bytes_)) {
   free_list_.reserve(num_blocks);

@@ -1,21 +1,17 @@
 #include "core/model/config.h"
 
-#include <sys/stat.h>
-
 #include <algorithm>
-#include <cerrno>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <fstream>
 #include <limits>
-#include <sstream>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "core/util/files.h"
 #include "core/util/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -300,29 +296,9 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text) {
 }
 
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& path) {
-  struct stat info;
-  if (::stat(path.c_str(), &info) != 0) {
-    const int error = errno;
-    const std::string message = absl::StrCat("config.json: cannot stat '", path, "': ", std::strerror(error));
-    return error == ENOENT ? absl::NotFoundError(message) : absl::InvalidArgumentError(message);
-  }
-  if (!S_ISREG(info.st_mode)) {
-    return absl::InvalidArgumentError(absl::StrCat("config.json: '", path, "' is not a regular file"));
-  }
-  if (info.st_size > kMaxConfigFileBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("config.json: '", path, "' has ", info.st_size,
-                                                   " bytes, more than the limit of ", kMaxConfigFileBytes));
-  }
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    return absl::InvalidArgumentError(absl::StrCat("config.json: cannot open '", path, "'"));
-  }
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) {
-    return absl::DataLossError(absl::StrCat("config.json: error reading '", path, "'"));
-  }
-  auto config = ParseModelConfig(text.str());
+  MF_ASSIGN_OR_RETURN(const std::string text,
+                      ReadBoundedFile(path, kMaxConfigFileBytes, absl::StrCat("config.json: '", path, "': ")));
+  auto config = ParseModelConfig(text);
   if (!config.ok()) {
     return absl::Status(config.status().code(), absl::StrCat(config.status().message(), " (", path, ")"));
   }

@@ -5,11 +5,11 @@
 #include <cmath>
 #include <fstream>
 #include <limits>
-#include <sstream>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "core/util/files.h"
 #include "core/util/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -32,9 +32,9 @@ void SortBestFirst(std::vector<Candidate>& candidates) {
 
 absl::StatusOr<std::vector<Candidate>> LoadCandidates(const ModelConfig& config, const std::string& model_dir) {
   const std::string path = model_dir + "/quality.json";
-  std::ifstream file(path, std::ios::binary);
+  const absl::StatusOr<std::string> text = ReadBoundedFile(path, kMaxQualityFileBytes, absl::StrCat(path, ": "));
   std::vector<Candidate> candidates;
-  if (!file) {
+  if (absl::IsNotFound(text.status())) {
     // No measured quality: rank the uniform granularities by size, biggest first.
     for (auto it = config.granularities.rbegin(); it != config.granularities.rend(); ++it) {
       MF_ASSIGN_OR_RETURN(SubmodelSpec spec, SubmodelSpec::Uniform(config, absl::StrCat(*it)));
@@ -42,12 +42,8 @@ absl::StatusOr<std::vector<Candidate>> LoadCandidates(const ModelConfig& config,
     }
     return candidates;
   }
-  std::stringstream text;
-  text << file.rdbuf();
-  if (text.str().size() > kMaxQualityFileBytes) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": larger than ", kMaxQualityFileBytes, " bytes"));
-  }
-  const nlohmann::json json = nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+  if (!text.ok()) return text.status();
+  const nlohmann::json json = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
   if (json.is_discarded() || !json.is_object() || !json.contains("specs") || !json["specs"].is_array()) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": expected an object with a \"specs\" array"));
   }
@@ -83,14 +79,8 @@ LatencyModel::LatencyModel(const LatencyModel& other)
       correction_(other.correction()) {}
 
 absl::StatusOr<LatencyModel> LatencyModel::Load(const ModelConfig& config, const std::string& path) {
-  std::ifstream file(path, std::ios::binary);
-  if (!file) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
-  std::stringstream text;
-  text << file.rdbuf();
-  if (text.str().size() > kMaxQualityFileBytes) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": larger than ", kMaxQualityFileBytes, " bytes"));
-  }
-  const nlohmann::json json = nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+  MF_ASSIGN_OR_RETURN(const std::string text, ReadBoundedFile(path, kMaxQualityFileBytes, absl::StrCat(path, ": ")));
+  const nlohmann::json json = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (json.is_discarded() || !json.is_object() || !json.contains("granularities") ||
       !json["granularities"].is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": expected an object with a \"granularities\" object"));

@@ -13,9 +13,11 @@ namespace matformer {
 namespace {
 
 // Shapes that reach every path of the kernel: block sizes below, at and above
-// the 16-slot key group and not multiples of it; head dims that are not whole
-// vectors or span several value passes; 1 to 5 query heads per KV head (query
-// chunks of 4 straddle tokens); windows shorter than a block and than the context.
+// the 16-slot key group and not multiples of it, odd ones (a bf16 value tile
+// pairs slots); head dims that are not whole vectors or span several value
+// passes, odd ones (a bf16 key tile pairs dimensions); 1 to 5 query heads per
+// KV head (query chunks of 4 straddle tokens); windows shorter than a block
+// and than the context.
 struct Shape {
   int head_dim, block_tokens, heads;
   int64_t window;
@@ -121,7 +123,8 @@ INSTANTIATE_TEST_SUITE_P(Shapes, PagedAttentionTest,
                          testing::Combine(testing::Values(Shape{64, 16, 4, 0}, Shape{64, 16, 4, 5}, Shape{6, 5, 3, 0},
                                                           Shape{8, 1, 1, 0}, Shape{24, 16, 5, 20},
                                                           Shape{72, 32, 2, 0}, Shape{16, 7, 2, 9},
-                                                          Shape{256, 16, 2, 50}),
+                                                          Shape{256, 16, 2, 50}, Shape{9, 5, 3, 0},
+                                                          Shape{33, 3, 4, 7}),
                                           testing::Values(DType::kF32, DType::kBF16),
                                           testing::Values(Path::kStep, Path::kAvx2, Path::kAvx512)));
 

@@ -1,5 +1,6 @@
 #include "core/engine.h"
 
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -115,6 +116,33 @@ TEST_P(EngineTest, CachedAndUncachedPleAreBitwiseEqual) {
   EXPECT_EQ(uncached->ple_cache().stats().hits, 0u);
   EXPECT_EQ(cached, computed);
   EXPECT_EQ(warm_up, computed);
+}
+
+// engine_bench --profile: an attached profile counts each step and charges
+// every stage that ran; its time never exceeds the steps' wall time, a
+// detached one is left alone, and profiling changes no result.
+TEST_P(EngineTest, StageProfileChargesEveryStageOfAStep) {
+  const SubmodelSpec spec = Spec("S-M-XL");
+  const std::vector<int32_t> tokens = Tokens(20, 3);
+  const std::vector<float> plain = AloneLogits(*engine_, spec, tokens);
+  StageProfile profile;
+  engine_->set_profile(&profile);
+  const auto start = std::chrono::steady_clock::now();
+  const std::vector<float> profiled = AloneLogits(*engine_, spec, tokens);
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  engine_->set_profile(nullptr);
+  EXPECT_EQ(profiled, plain);
+  EXPECT_EQ(profile.steps, 1);
+  double total = 0;
+  for (int i = 0; i < static_cast<int>(Stage::kCount); ++i) {
+    EXPECT_GT(profile.seconds[i], 0.0) << kStageNames[i];
+    total += profile.seconds[i];
+  }
+  EXPECT_LE(total, wall);
+  const StageProfile before = profile;
+  AloneLogits(*engine_, spec, tokens);
+  EXPECT_EQ(profile.steps, before.steps);
+  EXPECT_EQ(profile.seconds, before.seconds);
 }
 
 // --kv_dtype: a bf16 pool on an f32 model is half the size, really rounds

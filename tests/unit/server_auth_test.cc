@@ -14,7 +14,7 @@
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "server/auth.h"
-#include "server/files.h"
+#include "core/util/files.h"
 #include "server/tiers.h"
 
 namespace matformer::server {

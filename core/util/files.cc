@@ -1,4 +1,4 @@
-#include "server/files.h"
+#include "core/util/files.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -10,7 +10,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 
-namespace matformer::server {
+namespace matformer {
 
 absl::StatusOr<std::string> ReadBoundedFile(const std::string& path, size_t max_bytes) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -52,4 +52,10 @@ absl::StatusOr<std::string> ReadBoundedFile(const std::string& path, size_t max_
   return text;
 }
 
-}  // namespace matformer::server
+absl::StatusOr<std::string> ReadBoundedFile(const std::string& path, size_t max_bytes, absl::string_view prefix) {
+  absl::StatusOr<std::string> text = ReadBoundedFile(path, max_bytes);
+  if (!text.ok()) return absl::Status(text.status().code(), absl::StrCat(prefix, text.status().message()));
+  return text;
+}
+
+}  // namespace matformer
