@@ -4,6 +4,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "core/util/files.h"
+#include "core/util/json_fields.h"
 #include "core/util/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -25,81 +26,7 @@ constexpr int64_t kMaxPositions = 1 << 22;
 constexpr int64_t kMaxAltUp = 16;
 constexpr int64_t kMaxConfigBytes = 4 << 20;
 
-std::string Shown(const Json& json) {
-  constexpr size_t kMaxShown = 80;
-  std::string text = json.dump(-1, ' ', false, Json::error_handler_t::replace);
-  if (text.size() > kMaxShown) text = absl::StrCat(text.substr(0, kMaxShown), "...");
-  return text;
-}
-
-// Reads fields of one JSON object; every error names the field with the
-// object's path ("text_config.head_dim").
-class Fields {
- public:
-  Fields(const Json& object, std::string prefix) : object_(object), prefix_(std::move(prefix)) {}
-
-  absl::Status Error(absl::string_view field, absl::string_view message) const {
-    return absl::InvalidArgumentError(absl::StrCat("config.json: ", prefix_, field, " ", message));
-  }
-  bool Has(absl::string_view field) const {
-    auto it = object_.find(std::string(field));
-    return it != object_.end() && !it->is_null();
-  }
-  absl::StatusOr<const Json*> Get(absl::string_view field) const {
-    auto it = object_.find(std::string(field));
-    if (it == object_.end() || it->is_null()) return Error(field, "is missing");
-    return &*it;
-  }
-  absl::StatusOr<int64_t> Int(absl::string_view field, int64_t min, int64_t max) const {
-    MF_ASSIGN_OR_RETURN(const Json* json, Get(field));
-    return CheckInt(*json, field, min, max);
-  }
-  absl::StatusOr<int64_t> CheckInt(const Json& json, absl::string_view field, int64_t min, int64_t max) const {
-    if (!json.is_number_integer()) return Error(field, absl::StrCat("must be an integer, got ", Shown(json)));
-    const bool in_range = json.is_number_unsigned()
-                              ? json.get<uint64_t>() <= static_cast<uint64_t>(max) &&
-                                    static_cast<int64_t>(json.get<uint64_t>()) >= min
-                              : json.get<int64_t>() >= min && json.get<int64_t>() <= max;
-    if (!in_range) return Error(field, absl::StrCat("= ", Shown(json), " is outside [", min, ", ", max, "]"));
-    return json.get<int64_t>();
-  }
-  absl::StatusOr<double> Number(absl::string_view field, double min, double max) const {
-    MF_ASSIGN_OR_RETURN(const Json* json, Get(field));
-    return CheckNumber(*json, field, min, max);
-  }
-  absl::StatusOr<double> CheckNumber(const Json& json, absl::string_view field, double min, double max) const {
-    if (!json.is_number()) return Error(field, absl::StrCat("must be a number, got ", Shown(json)));
-    const double value = json.get<double>();
-    if (!(value >= min && value <= max)) {
-      return Error(field, absl::StrCat("= ", Shown(json), " is outside [", min, ", ", max, "]"));
-    }
-    return value;
-  }
-  absl::StatusOr<bool> Bool(absl::string_view field) const {
-    MF_ASSIGN_OR_RETURN(const Json* json, Get(field));
-    if (!json->is_boolean()) return Error(field, absl::StrCat("must be true or false, got ", Shown(*json)));
-    return json->get<bool>();
-  }
-  absl::StatusOr<std::string> String(absl::string_view field) const {
-    MF_ASSIGN_OR_RETURN(const Json* json, Get(field));
-    if (!json->is_string()) return Error(field, absl::StrCat("must be a string, got ", Shown(*json)));
-    return json->get<std::string>();
-  }
-  // An array of exactly `n` entries.
-  absl::StatusOr<const Json*> Array(absl::string_view field, size_t n) const {
-    MF_ASSIGN_OR_RETURN(const Json* json, Get(field));
-    if (!json->is_array() || json->size() != n) {
-      return Error(field, absl::StrCat("must be an array of ", n, " entries (one per layer), got ", Shown(*json)));
-    }
-    return json;
-  }
-
- private:
-  const Json& object_;
-  std::string prefix_;
-};
-
-absl::StatusOr<double> RopeTheta(const Fields& f, const Json& text, absl::string_view type,
+absl::StatusOr<double> RopeTheta(const JsonFields& f, const Json& text, absl::string_view type,
                                  absl::string_view legacy_field) {
   if (f.Has("rope_parameters")) {
     const Json& params = text["rope_parameters"];
@@ -107,7 +34,7 @@ absl::StatusOr<double> RopeTheta(const Fields& f, const Json& text, absl::string
     if (!params.is_object() || !params.contains(std::string(type)) || !params[std::string(type)].is_object()) {
       return f.Error(field, "is missing (rope_parameters needs full_attention and sliding_attention)");
     }
-    const Fields rope(params[std::string(type)], "");
+    const JsonFields rope(params[std::string(type)], "");
     if (rope.Has("rope_type")) {
       MF_ASSIGN_OR_RETURN(std::string rope_type, rope.String("rope_type"));
       if (rope_type != "default") {
@@ -172,7 +99,7 @@ absl::StatusOr<Config> ParseConfig(absl::string_view json_text) {
     prefix = "text_config.";
     if (!text->is_object()) return absl::InvalidArgumentError("config.json: text_config must be an object");
   }
-  const Fields f(*text, prefix);
+  const JsonFields f(*text, prefix);
   MF_ASSIGN_OR_RETURN(std::string model_type, f.String("model_type"));
   if (model_type != "gemma3n_text") {
     return f.Error("model_type", absl::StrCat("is '", model_type, "', expected 'gemma3n_text'"));
@@ -220,7 +147,7 @@ absl::StatusOr<Config> ParseConfig(absl::string_view json_text) {
   // intermediate_size: one width for all layers, or one per layer.
   MF_ASSIGN_OR_RETURN(const Json* intermediate, f.Get("intermediate_size"));
   if (intermediate->is_array()) {
-    MF_ASSIGN_OR_RETURN(intermediate, f.Array("intermediate_size", c.num_layers));
+    MF_ASSIGN_OR_RETURN(intermediate, f.Array("intermediate_size", c.num_layers, c.num_layers));
     for (size_t i = 0; i < intermediate->size(); ++i) {
       MF_ASSIGN_OR_RETURN(int64_t width, f.CheckInt((*intermediate)[i], absl::StrCat("intermediate_size[", i, "]"), 1,
                                                     kMaxIntermediate));
@@ -231,7 +158,7 @@ absl::StatusOr<Config> ParseConfig(absl::string_view json_text) {
     c.intermediate_size.assign(c.num_layers, width);
   }
 
-  MF_ASSIGN_OR_RETURN(const Json* types, f.Array("layer_types", c.num_layers));
+  MF_ASSIGN_OR_RETURN(const Json* types, f.Array("layer_types", c.num_layers, c.num_layers));
   for (size_t i = 0; i < types->size(); ++i) {
     const Json& type = (*types)[i];
     if (type == "sliding_attention") {
@@ -240,11 +167,11 @@ absl::StatusOr<Config> ParseConfig(absl::string_view json_text) {
       c.layer_types.push_back(LayerType::kFull);
     } else {
       return f.Error(absl::StrCat("layer_types[", i, "]"),
-                     absl::StrCat("= ", Shown(type), " must be \"sliding_attention\" or \"full_attention\""));
+                     absl::StrCat("= ", ShownJson(type), " must be \"sliding_attention\" or \"full_attention\""));
     }
   }
 
-  MF_ASSIGN_OR_RETURN(const Json* sparsity, f.Array("activation_sparsity_pattern", c.num_layers));
+  MF_ASSIGN_OR_RETURN(const Json* sparsity, f.Array("activation_sparsity_pattern", c.num_layers, c.num_layers));
   for (size_t i = 0; i < sparsity->size(); ++i) {
     // 1.0 would put the cutoff at +inf (icdf(1)); HF would zero the whole FFN through NaNs.
     MF_ASSIGN_OR_RETURN(double s, f.CheckNumber((*sparsity)[i], absl::StrCat("activation_sparsity_pattern[", i, "]"),

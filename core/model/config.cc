@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "core/util/files.h"
+#include "core/util/json_fields.h"
 #include "core/util/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -40,86 +41,26 @@ constexpr int64_t kMaxHeadDim = 1024;
 constexpr int64_t kMaxPleDim = 1 << 16;
 constexpr int64_t kMaxPositions = 1 << 20;
 
-// A value as it appears in the file, cut short so a huge value cannot flood the message.
-std::string Shown(const Json& json) {
-  constexpr size_t kMaxShown = 80;
-  std::string text = json.dump(-1, ' ', false, Json::error_handler_t::replace);
-  if (text.size() > kMaxShown) text = absl::StrCat(text.substr(0, kMaxShown), "...");
-  return text;
-}
-
-absl::Status FieldError(absl::string_view field, absl::string_view message) {
-  return absl::InvalidArgumentError(absl::StrCat("config.json: ", field, " ", message));
-}
-
-absl::StatusOr<const Json*> GetField(const Json& root, absl::string_view field) {
-  auto it = root.find(std::string(field));
-  if (it == root.end()) return FieldError(field, "is missing");
-  return &*it;
-}
-
-// Checks that `json` is an integer in [min, max].
-absl::StatusOr<int64_t> CheckedInt(const Json& json, absl::string_view field, int64_t min, int64_t max) {
-  if (!json.is_number_integer()) {
-    return FieldError(field, absl::StrCat("must be an integer, got ", json.type_name(), " ", Shown(json)));
-  }
-  // The parser stores every non-negative integer as unsigned; values above
-  // INT64_MAX would wrap in get<int64_t>().
-  const bool in_range = json.is_number_unsigned() ? json.get<uint64_t>() <= static_cast<uint64_t>(max) &&
-                                                        static_cast<int64_t>(json.get<uint64_t>()) >= min
-                                                  : json.get<int64_t>() >= min && json.get<int64_t>() <= max;
-  if (!in_range) {
-    return FieldError(field, absl::StrCat("= ", Shown(json), " is outside [", min, ", ", max, "]"));
-  }
-  return json.get<int64_t>();
-}
-
-absl::StatusOr<int64_t> GetInt(const Json& root, absl::string_view field, int64_t min, int64_t max) {
-  MF_ASSIGN_OR_RETURN(const Json* value, GetField(root, field));
-  return CheckedInt(*value, field, min, max);
-}
-
-absl::StatusOr<double> GetPositiveFinite(const Json& root, absl::string_view field) {
-  MF_ASSIGN_OR_RETURN(const Json* value, GetField(root, field));
-  const Json& json = *value;
-  if (!json.is_number()) {
-    return FieldError(field, absl::StrCat("must be a number, got ", json.type_name(), " ", Shown(json)));
-  }
-  const double number = json.get<double>();
+// A positive, finite number (rope_theta, rms_norm_eps).
+absl::StatusOr<double> PositiveFinite(const JsonFields& fields, absl::string_view field) {
+  MF_ASSIGN_OR_RETURN(const Json* value, fields.Get(field));
+  MF_ASSIGN_OR_RETURN(const double number,
+                      fields.CheckNumber(*value, field, -std::numeric_limits<double>::infinity(),
+                                         std::numeric_limits<double>::infinity()));
   if (!std::isfinite(number) || number <= 0) {
-    return FieldError(field, absl::StrCat("= ", Shown(json), " must be finite and > 0"));
+    return fields.Error(field, absl::StrCat("= ", ShownJson(*value), " must be finite and > 0"));
   }
   return number;
 }
 
-absl::StatusOr<std::string> GetString(const Json& root, absl::string_view field) {
-  MF_ASSIGN_OR_RETURN(const Json* value, GetField(root, field));
-  if (!value->is_string()) {
-    return FieldError(field, absl::StrCat("must be a string, got ", value->type_name(), " ", Shown(*value)));
-  }
-  return value->get<std::string>();
-}
-
-absl::StatusOr<const Json*> GetArray(const Json& root, absl::string_view field) {
-  MF_ASSIGN_OR_RETURN(const Json* value, GetField(root, field));
-  if (!value->is_array()) {
-    return FieldError(field, absl::StrCat("must be an array, got ", value->type_name()));
-  }
-  if (value->empty() || value->size() > kMaxGranularities) {
-    return FieldError(field,
-                      absl::StrCat("has ", value->size(), " entries, expected 1..", kMaxGranularities));
-  }
-  return value;
-}
-
-absl::Status ParseGranularities(const Json& root, ModelConfig& config) {
-  MF_ASSIGN_OR_RETURN(const Json* array, GetArray(root, "granularities"));
+absl::Status ParseGranularities(const JsonFields& fields, ModelConfig& config) {
+  MF_ASSIGN_OR_RETURN(const Json* array, fields.Array("granularities", 1, kMaxGranularities));
   for (size_t i = 0; i < array->size(); ++i) {
     const std::string field = absl::StrCat("granularities[", i, "]");
     MF_ASSIGN_OR_RETURN(const int64_t width,
-                        CheckedInt((*array)[i], field, 1, std::numeric_limits<int64_t>::max()));
+                        fields.CheckInt((*array)[i], field, 1, std::numeric_limits<int64_t>::max()));
     if (width > config.intermediate_size) {
-      return FieldError(field,
+      return fields.Error(field,
                         absl::StrCat("= ", width, " exceeds intermediate_size ", config.intermediate_size));
     }
     if (i > 0 && width <= config.granularities.back()) {
@@ -137,41 +78,38 @@ absl::Status ParseGranularities(const Json& root, ModelConfig& config) {
   return absl::OkStatus();
 }
 
-absl::Status ParseGranularityNames(const Json& root, ModelConfig& config) {
-  MF_ASSIGN_OR_RETURN(const Json* array, GetArray(root, "granularity_names"));
+absl::Status ParseGranularityNames(const JsonFields& fields, ModelConfig& config) {
+  MF_ASSIGN_OR_RETURN(const Json* array, fields.Array("granularity_names", 1, kMaxGranularities));
   if (array->size() != config.granularities.size()) {
-    return FieldError("granularity_names", absl::StrCat("has ", array->size(), " entries, granularities has ",
+    return fields.Error("granularity_names", absl::StrCat("has ", array->size(), " entries, granularities has ",
                                                         config.granularities.size()));
   }
   absl::flat_hash_set<std::string> seen;
   for (size_t i = 0; i < array->size(); ++i) {
     const Json& entry = (*array)[i];
     const std::string field = absl::StrCat("granularity_names[", i, "]");
-    if (!entry.is_string()) {
-      return FieldError(field, absl::StrCat("must be a string, got ", entry.type_name(), " ", Shown(entry)));
-    }
-    const std::string name = entry.get<std::string>();
+    MF_ASSIGN_OR_RETURN(const std::string name, fields.CheckString(entry, field));
     if (name.empty() || name.size() > kMaxGranularityNameLength) {
-      return FieldError(field, absl::StrCat("must have 1..", kMaxGranularityNameLength, " characters"));
+      return fields.Error(field, absl::StrCat("must have 1..", kMaxGranularityNameLength, " characters"));
     }
     for (unsigned char c : name) {
       if (c == '-' || absl::ascii_isspace(c) || absl::ascii_iscntrl(c)) {
-        return FieldError(
+        return fields.Error(
             field, absl::StrCat("= \"", name, "\" must not contain '-', whitespace or control characters"));
       }
     }
     if (name == kSkipToken) {
-      return FieldError(field, "must not be \"skip\" (reserved for skipped layers)");
+      return fields.Error(field, "must not be \"skip\" (reserved for skipped layers)");
     }
     // Submodel names accept widths in neurons as well as names, so an all-digit
     // name is only unambiguous when it is its own width.
     const bool all_digits = std::all_of(name.begin(), name.end(), absl::ascii_isdigit);
     if (all_digits && name != absl::StrCat(config.granularities[i])) {
-      return FieldError(
+      return fields.Error(
           field, absl::StrCat("= \"", name, "\" is a number other than its width ", config.granularities[i]));
     }
     if (!seen.insert(name).second) {
-      return FieldError(field, absl::StrCat("= \"", name, "\" is a duplicate"));
+      return fields.Error(field, absl::StrCat("= \"", name, "\" is a duplicate"));
     }
     config.granularity_names.push_back(name);
   }
@@ -180,73 +118,70 @@ absl::Status ParseGranularityNames(const Json& root, ModelConfig& config) {
 
 absl::StatusOr<ModelConfig> ParseRoot(const Json& root) {
   ModelConfig config;
+  const JsonFields fields(root, "");
 
-  MF_ASSIGN_OR_RETURN(const std::string model_type, GetString(root, "model_type"));
+  MF_ASSIGN_OR_RETURN(const std::string model_type, fields.String("model_type"));
   if (model_type != kModelType) {
-    return FieldError("model_type",
-                      absl::StrCat("= ", Shown(Json(model_type)), ", expected \"", kModelType, "\""));
+    return fields.Error("model_type",
+                      absl::StrCat("= ", ShownJson(Json(model_type)), ", expected \"", kModelType, "\""));
   }
 
-  MF_ASSIGN_OR_RETURN(config.vocab_size, GetInt(root, "vocab_size", 1, kMaxVocab));
-  MF_ASSIGN_OR_RETURN(config.hidden_size, GetInt(root, "hidden_size", 2, kMaxHidden));
+  MF_ASSIGN_OR_RETURN(config.vocab_size, fields.Int("vocab_size", 1, kMaxVocab));
+  MF_ASSIGN_OR_RETURN(config.hidden_size, fields.Int("hidden_size", 2, kMaxHidden));
   if (config.hidden_size % 2 != 0) {
-    return FieldError("hidden_size", absl::StrCat("= ", config.hidden_size, " must be even"));
+    return fields.Error("hidden_size", absl::StrCat("= ", config.hidden_size, " must be even"));
   }
-  MF_ASSIGN_OR_RETURN(config.intermediate_size, GetInt(root, "intermediate_size", 1, kMaxIntermediate));
-  MF_ASSIGN_OR_RETURN(config.num_layers, GetInt(root, "num_hidden_layers", 1, kMaxLayers));
-  MF_ASSIGN_OR_RETURN(config.num_heads, GetInt(root, "num_attention_heads", 1, kMaxHeads));
-  MF_ASSIGN_OR_RETURN(config.num_kv_heads, GetInt(root, "num_key_value_heads", 1, config.num_heads));
+  MF_ASSIGN_OR_RETURN(config.intermediate_size, fields.Int("intermediate_size", 1, kMaxIntermediate));
+  MF_ASSIGN_OR_RETURN(config.num_layers, fields.Int("num_hidden_layers", 1, kMaxLayers));
+  MF_ASSIGN_OR_RETURN(config.num_heads, fields.Int("num_attention_heads", 1, kMaxHeads));
+  MF_ASSIGN_OR_RETURN(config.num_kv_heads, fields.Int("num_key_value_heads", 1, config.num_heads));
   if (config.num_heads % config.num_kv_heads != 0) {
-    return FieldError(
+    return fields.Error(
         "num_key_value_heads",
         absl::StrCat("= ", config.num_kv_heads, " must divide num_attention_heads ", config.num_heads));
   }
-  MF_ASSIGN_OR_RETURN(config.head_dim, GetInt(root, "head_dim", 2, kMaxHeadDim));
+  MF_ASSIGN_OR_RETURN(config.head_dim, fields.Int("head_dim", 2, kMaxHeadDim));
   if (config.head_dim % 2 != 0) {
-    return FieldError("head_dim", absl::StrCat("= ", config.head_dim, " must be even (RoPE rotates pairs)"));
+    return fields.Error("head_dim", absl::StrCat("= ", config.head_dim, " must be even (RoPE rotates pairs)"));
   }
-  MF_ASSIGN_OR_RETURN(config.ple_dim, GetInt(root, "hidden_size_per_layer_input", 1, kMaxPleDim));
+  MF_ASSIGN_OR_RETURN(config.ple_dim, fields.Int("hidden_size_per_layer_input", 1, kMaxPleDim));
   MF_ASSIGN_OR_RETURN(config.max_position_embeddings,
-                      GetInt(root, "max_position_embeddings", 1, kMaxPositions));
+                      fields.Int("max_position_embeddings", 1, kMaxPositions));
 
-  MF_RETURN_IF_ERROR(ParseGranularities(root, config));
-  MF_RETURN_IF_ERROR(ParseGranularityNames(root, config));
+  MF_RETURN_IF_ERROR(ParseGranularities(fields, config));
+  MF_RETURN_IF_ERROR(ParseGranularityNames(fields, config));
 
-  MF_ASSIGN_OR_RETURN(config.rope_theta, GetPositiveFinite(root, "rope_theta"));
-  MF_ASSIGN_OR_RETURN(config.rms_norm_eps, GetPositiveFinite(root, "rms_norm_eps"));
+  MF_ASSIGN_OR_RETURN(config.rope_theta, PositiveFinite(fields, "rope_theta"));
+  MF_ASSIGN_OR_RETURN(config.rms_norm_eps, PositiveFinite(fields, "rms_norm_eps"));
 
-  MF_ASSIGN_OR_RETURN(const std::string activation, GetString(root, "hidden_activation"));
+  MF_ASSIGN_OR_RETURN(const std::string activation, fields.String("hidden_activation"));
   if (activation == "gelu_pytorch_tanh") {
     config.activation = Activation::kGeluTanh;
   } else if (activation == "silu") {
     config.activation = Activation::kSilu;
   } else {
-    return FieldError("hidden_activation", absl::StrCat("= ", Shown(Json(activation)),
+    return fields.Error("hidden_activation", absl::StrCat("= ", ShownJson(Json(activation)),
                                                         ", expected \"gelu_pytorch_tanh\" or \"silu\""));
   }
 
-  MF_ASSIGN_OR_RETURN(const Json* tie, GetField(root, "tie_word_embeddings"));
-  if (!tie->is_boolean()) {
-    return FieldError("tie_word_embeddings",
-                      absl::StrCat("must be a boolean, got ", tie->type_name(), " ", Shown(*tie)));
-  }
-  if (!tie->get<bool>()) {
-    return FieldError("tie_word_embeddings", "must be true (the LM head is embed_tokens)");
+  MF_ASSIGN_OR_RETURN(const bool tie, fields.Bool("tie_word_embeddings"));
+  if (!tie) {
+    return fields.Error("tie_word_embeddings", "must be true (the LM head is embed_tokens)");
   }
 
-  MF_ASSIGN_OR_RETURN(const std::string dtype, GetString(root, "torch_dtype"));
+  MF_ASSIGN_OR_RETURN(const std::string dtype, fields.String("torch_dtype"));
   if (dtype == "float32") {
     config.dtype = DType::kF32;
   } else if (dtype == "bfloat16") {
     config.dtype = DType::kBF16;
   } else {
-    return FieldError("torch_dtype",
-                      absl::StrCat("= ", Shown(Json(dtype)), ", expected \"float32\" or \"bfloat16\""));
+    return fields.Error("torch_dtype",
+                      absl::StrCat("= ", ShownJson(Json(dtype)), ", expected \"float32\" or \"bfloat16\""));
   }
 
-  MF_ASSIGN_OR_RETURN(config.bos_token_id, GetInt(root, "bos_token_id", 0, config.vocab_size - 1));
-  MF_ASSIGN_OR_RETURN(config.eos_token_id, GetInt(root, "eos_token_id", 0, config.vocab_size - 1));
-  MF_ASSIGN_OR_RETURN(config.pad_token_id, GetInt(root, "pad_token_id", 0, config.vocab_size - 1));
+  MF_ASSIGN_OR_RETURN(config.bos_token_id, fields.Int("bos_token_id", 0, config.vocab_size - 1));
+  MF_ASSIGN_OR_RETURN(config.eos_token_id, fields.Int("eos_token_id", 0, config.vocab_size - 1));
+  MF_ASSIGN_OR_RETURN(config.pad_token_id, fields.Int("pad_token_id", 0, config.vocab_size - 1));
   return config;
 }
 
