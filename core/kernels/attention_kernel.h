@@ -42,9 +42,9 @@ void PagedAttentionAvx512(const KvPool& pool, absl::Span<const int32_t> blocks, 
 // query for the whole span (the reductions and the rescale, a latency chain,
 // once per 64 keys rather than per block), then the span's values are
 // accumulated for the 4 queries at once (a value vector feeds 4 FMAs).
-// A bf16 pool is read as bf16 when a span serves one chunk (decode: a load
-// of a pair row and one instruction per row widen it in registers) and
-// widened to f32 once per span when it serves many (prefill).
+// A bf16 pool is read as bf16: a load of a pair row and one instruction per
+// row widen it in registers (widening each span to f32 once for all the
+// chunks of a prefill was slower: 38 vs 33 ms at 512 tokens, attention_bench).
 template <typename V>
 struct PagedAttentionKernel {
   using Vec = typename V::Vec;
@@ -65,7 +65,7 @@ struct PagedAttentionKernel {
     float sum = 0.0f;
   };
 
-  // The blocks of one span as tiles of T (the pool's bf16, or f32), and the
+  // The blocks of one span as the pool's tiles of T (f32, or bf16 pairs), and the
   // slots [lo, hi) of each that each query of the chunk sees; [first, last)
   // is their union over the chunk.
   template <typename T>
@@ -294,15 +294,7 @@ struct PagedAttentionKernel {
     const int span_blocks = std::max(1, kSpanSlots / block_tokens);
     scores.resize(static_cast<size_t>(kChunkQueries) * span_blocks * key_stride);
     const int64_t tiles_bytes = pool.key_tile_bytes() + pool.value_tile_bytes();
-    const int64_t key_tile_elements = pool.key_tile_bytes() / sizeof(T);
-    const int64_t tile_elements = key_tile_elements + pool.value_tile_bytes() / sizeof(T);
-    // A bf16 span serving several chunks is widened to f32 once.
-    constexpr bool kBf16 = !std::is_same_v<T, float>;
-    const bool widen = kBf16 && chunks > 1;
-    thread_local std::vector<float> widened;
-    if (widen) widened.resize(span_blocks * tile_elements);
-    thread_local Span<T> pool_span;
-    thread_local Span<float> widened_span;
+    thread_local Span<T> span;
 
     for (int64_t span_first = first_block; span_first <= last_block; span_first += span_blocks) {
       const int blocks_in_span = static_cast<int>(std::min<int64_t>(span_blocks, last_block + 1 - span_first));
@@ -315,51 +307,23 @@ struct PagedAttentionKernel {
           Prefetch(pool.KeyTile<T>(blocks[span_first + b], pool_layer, kv_head), tiles_bytes);
         }
       }
-      pool_span.prefetch.assign(span_blocks, nullptr);
-      pool_span.prefetch_bytes = tiles_bytes;
+      span.prefetch.assign(span_blocks, nullptr);
+      span.prefetch_bytes = tiles_bytes;
       for (int b = 0; b < span_blocks && span_first + span_blocks + b <= last_block; ++b) {
-        pool_span.prefetch[b] = pool.KeyTile<T>(blocks[span_first + span_blocks + b], pool_layer, kv_head);
+        span.prefetch[b] = pool.KeyTile<T>(blocks[span_first + span_blocks + b], pool_layer, kv_head);
         // Many chunks (prefill) compute long enough on a span to take the next one in a burst.
-        if (chunks > 1) Prefetch(pool_span.prefetch[b], tiles_bytes);
+        if (chunks > 1) Prefetch(span.prefetch[b], tiles_bytes);
       }
-      if (chunks > 1) pool_span.prefetch.clear();
-      pool_span.blocks = blocks_in_span;
-      pool_span.keys.resize(blocks_in_span);
-      pool_span.values.resize(blocks_in_span);
+      if (chunks > 1) span.prefetch.clear();
+      span.blocks = blocks_in_span;
+      span.keys.resize(blocks_in_span);
+      span.values.resize(blocks_in_span);
       for (int b = 0; b < blocks_in_span; ++b) {
-        pool_span.keys[b] = pool.KeyTile<T>(blocks[span_first + b], pool_layer, kv_head);
-        pool_span.values[b] = pool.ValueTile<T>(blocks[span_first + b], pool_layer, kv_head);
-      }
-      if (widen) {
-        widened_span.blocks = blocks_in_span;
-        widened_span.keys.resize(blocks_in_span);
-        widened_span.values.resize(blocks_in_span);
-        for (int b = 0; b < blocks_in_span; ++b) {
-          float* tile = widened.data() + b * tile_elements;
-          if constexpr (kBf16) {
-            // Row pairs become rows: [rows / 2][stride][2] -> [rows][stride] (KvPool), keys then values.
-            const int64_t key_rows = key_tile_elements / key_stride;
-            const int64_t value_rows = (tile_elements - key_tile_elements) / value_stride;
-            auto unpair = [&](const uint16_t* in, int64_t rows, int64_t stride, float* out) {
-              for (int64_t r = 0; r < rows; r += 2) {
-                for (int64_t i = 0; i < stride; i += kLanes) {
-                  Vec even, odd;
-                  V::LoadBf16Pair(in + (r / 2 * stride + i) * 2, even, odd);
-                  V::Store(out + r * stride + i, even);
-                  V::Store(out + (r + 1) * stride + i, odd);
-                }
-              }
-            };
-            unpair(pool_span.keys[b], key_rows, key_stride, tile);
-            unpair(pool_span.values[b], value_rows, value_stride, tile + key_tile_elements);
-          }
-          widened_span.keys[b] = tile;
-          widened_span.values[b] = tile + key_tile_elements;
-        }
+        span.keys[b] = pool.KeyTile<T>(blocks[span_first + b], pool_layer, kv_head);
+        span.values[b] = pool.ValueTile<T>(blocks[span_first + b], pool_layer, kv_head);
       }
       for (int64_t chunk = 0; chunk < count; chunk += kChunkQueries) {
         const int in_chunk = static_cast<int>(std::min<int64_t>(kChunkQueries, count - chunk));
-        Span<T>& span = pool_span;
         span.lo.resize(in_chunk * blocks_in_span);
         span.hi.resize(in_chunk * blocks_in_span);
         span.first.assign(blocks_in_span, block_tokens);
@@ -384,17 +348,8 @@ struct PagedAttentionKernel {
         if (!any) continue;
         const float* chunk_queries = scaled.data() + chunk * head_dim;
         float* chunk_acc = acc.data() + chunk * value_stride;
-        if (widen) {
-          widened_span.lo = span.lo;
-          widened_span.hi = span.hi;
-          widened_span.first = span.first;
-          widened_span.last = span.last;
-          DispatchChunk(in_chunk, widened_span, chunk_queries, head_dim, key_stride, value_stride, scores.data(),
-                        &states[chunk], chunk_acc);
-        } else {
-          DispatchChunk(in_chunk, span, chunk_queries, head_dim, key_stride, value_stride, scores.data(),
-                        &states[chunk], chunk_acc);
-        }
+        DispatchChunk(in_chunk, span, chunk_queries, head_dim, key_stride, value_stride, scores.data(),
+                      &states[chunk], chunk_acc);
       }
     }
     for (int64_t i = 0; i < count; ++i) {
