@@ -1,6 +1,5 @@
 #include "core/gemma3n/config.h"
 
-
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "core/util/files.h"

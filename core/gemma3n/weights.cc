@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <fstream>
-#include <sstream>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
@@ -158,7 +157,8 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
   const std::string index_path = directory + "/model.safetensors.index.json";
   std::vector<std::string> shard_names;
   if (std::ifstream(index_path).good()) {
-    MF_ASSIGN_OR_RETURN(std::string text, ReadBoundedFile(index_path, kMaxIndexBytes, absl::StrCat("'", index_path, "': ")));
+    MF_ASSIGN_OR_RETURN(std::string text,
+                        ReadBoundedFile(index_path, kMaxIndexBytes, absl::StrCat("'", index_path, "': ")));
     Json index;
     try {
       index = Json::parse(text);

@@ -210,7 +210,8 @@ struct PagedAttentionKernel {
     Vec span_max = V::Set1(-INFINITY);
     for (int b = 0; b < span.blocks; ++b) {
       for (int slot = lo[b] / kLanes * kLanes; slot < hi[b]; slot += kLanes) {
-        span_max = V::Max(span_max, V::KeepInRange(V::Load(scores + b * key_stride + slot), slot, lo[b], hi[b], -INFINITY));
+        const Vec visible = V::KeepInRange(V::Load(scores + b * key_stride + slot), slot, lo[b], hi[b], -INFINITY);
+        span_max = V::Max(span_max, visible);
       }
     }
     const float new_max = std::max(state.max, V::ReduceMax(span_max));
@@ -307,14 +308,18 @@ struct PagedAttentionKernel {
           Prefetch(pool.KeyTile<T>(blocks[span_first + b], pool_layer, kv_head), tiles_bytes);
         }
       }
-      span.prefetch.assign(span_blocks, nullptr);
+      // Many chunks (prefill) compute long enough on a span to take the next one in a burst.
+      const bool burst = chunks > 1;
+      span.prefetch.assign(burst ? 0 : span_blocks, nullptr);
       span.prefetch_bytes = tiles_bytes;
       for (int b = 0; b < span_blocks && span_first + span_blocks + b <= last_block; ++b) {
-        span.prefetch[b] = pool.KeyTile<T>(blocks[span_first + span_blocks + b], pool_layer, kv_head);
-        // Many chunks (prefill) compute long enough on a span to take the next one in a burst.
-        if (chunks > 1) Prefetch(span.prefetch[b], tiles_bytes);
+        const void* next = pool.KeyTile<T>(blocks[span_first + span_blocks + b], pool_layer, kv_head);
+        if (burst) {
+          Prefetch(next, tiles_bytes);
+        } else {
+          span.prefetch[b] = next;
+        }
       }
-      if (chunks > 1) span.prefetch.clear();
       span.blocks = blocks_in_span;
       span.keys.resize(blocks_in_span);
       span.values.resize(blocks_in_span);

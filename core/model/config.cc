@@ -61,7 +61,7 @@ absl::Status ParseGranularities(const JsonFields& fields, ModelConfig& config) {
                         fields.CheckInt((*array)[i], field, 1, std::numeric_limits<int64_t>::max()));
     if (width > config.intermediate_size) {
       return fields.Error(field,
-                        absl::StrCat("= ", width, " exceeds intermediate_size ", config.intermediate_size));
+                          absl::StrCat("= ", width, " exceeds intermediate_size ", config.intermediate_size));
     }
     if (i > 0 && width <= config.granularities.back()) {
       return absl::InvalidArgumentError(
@@ -82,7 +82,7 @@ absl::Status ParseGranularityNames(const JsonFields& fields, ModelConfig& config
   MF_ASSIGN_OR_RETURN(const Json* array, fields.Array("granularity_names", 1, kMaxGranularities));
   if (array->size() != config.granularities.size()) {
     return fields.Error("granularity_names", absl::StrCat("has ", array->size(), " entries, granularities has ",
-                                                        config.granularities.size()));
+                                                          config.granularities.size()));
   }
   absl::flat_hash_set<std::string> seen;
   for (size_t i = 0; i < array->size(); ++i) {
@@ -123,7 +123,7 @@ absl::StatusOr<ModelConfig> ParseRoot(const Json& root) {
   MF_ASSIGN_OR_RETURN(const std::string model_type, fields.String("model_type"));
   if (model_type != kModelType) {
     return fields.Error("model_type",
-                      absl::StrCat("= ", ShownJson(Json(model_type)), ", expected \"", kModelType, "\""));
+                        absl::StrCat("= ", ShownJson(Json(model_type)), ", expected \"", kModelType, "\""));
   }
 
   MF_ASSIGN_OR_RETURN(config.vocab_size, fields.Int("vocab_size", 1, kMaxVocab));
@@ -161,7 +161,7 @@ absl::StatusOr<ModelConfig> ParseRoot(const Json& root) {
     config.activation = Activation::kSilu;
   } else {
     return fields.Error("hidden_activation", absl::StrCat("= ", ShownJson(Json(activation)),
-                                                        ", expected \"gelu_pytorch_tanh\" or \"silu\""));
+                                                          ", expected \"gelu_pytorch_tanh\" or \"silu\""));
   }
 
   MF_ASSIGN_OR_RETURN(const bool tie, fields.Bool("tie_word_embeddings"));
@@ -176,7 +176,7 @@ absl::StatusOr<ModelConfig> ParseRoot(const Json& root) {
     config.dtype = DType::kBF16;
   } else {
     return fields.Error("torch_dtype",
-                      absl::StrCat("= ", ShownJson(Json(dtype)), ", expected \"float32\" or \"bfloat16\""));
+                        absl::StrCat("= ", ShownJson(Json(dtype)), ", expected \"float32\" or \"bfloat16\""));
   }
 
   MF_ASSIGN_OR_RETURN(config.bos_token_id, fields.Int("bos_token_id", 0, config.vocab_size - 1));

@@ -12,9 +12,9 @@ namespace matformer {
 // The contents of a small text file (a config.json, the server's tiers,
 // tokens and certificates), read with a bound: the size is checked before
 // reading and at most `max_bytes` + 1 bytes are ever read, so a huge file or
-// a device such as /dev/zero fails with a message instead of filling memory. Errors say what
-// went wrong with the file (NotFound when it does not exist, InvalidArgument
-// otherwise); callers prefix the path or the flag.
+// a device such as /dev/zero fails with a message instead of filling memory.
+// Errors say what went wrong with the file (NotFound when it does not exist,
+// InvalidArgument otherwise); callers prefix the path or the flag.
 absl::StatusOr<std::string> ReadBoundedFile(const std::string& path, size_t max_bytes);
 
 // ReadBoundedFile with `prefix` before any error message ("config.json: '<path>': ").

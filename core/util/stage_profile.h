@@ -3,7 +3,9 @@
 
 #include <array>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
+#include <iterator>
 
 // Wall time of an engine step split by stage, for benchmarks (engine_bench
 // --profile). The stages run one after another on the step's thread, each
@@ -25,9 +27,10 @@ enum class Stage {
   kCount,
 };
 
-inline constexpr std::array<const char*, static_cast<int>(Stage::kCount)> kStageNames = {
+inline constexpr const char* kStageNames[] = {
     "embedding", "norm+residual", "qkv", "rope+kv_write", "attention", "o_proj",
     "ffn_gate_up", "ffn_act", "ffn_down", "per_layer_input", "lm_head"};
+static_assert(std::size(kStageNames) == static_cast<size_t>(Stage::kCount), "a name per stage");
 
 struct StageProfile {
   std::array<double, static_cast<int>(Stage::kCount)> seconds{};
