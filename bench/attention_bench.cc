@@ -22,6 +22,7 @@
 #include <optional>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -158,18 +159,25 @@ absl::Status Run() {
                    absl::GetFlag(FLAGS_kv_heads),  absl::GetFlag(FLAGS_heads_per_kv),
                    absl::GetFlag(FLAGS_head_dim),  absl::GetFlag(FLAGS_block_tokens)};
   const int repeats = std::max(1, absl::GetFlag(FLAGS_repeats));
-  for (int value : {g.sequences, g.context, g.layers, g.kv_heads, g.heads_per_kv, g.head_dim, g.block_tokens}) {
-    if (value < 1) return absl::InvalidArgumentError("every size flag must be >= 1");
+  const std::pair<const char*, std::pair<int, int>> bounds[] = {
+      {"sequences", {g.sequences, 1024}}, {"context", {g.context, 1 << 16}},  {"layers", {g.layers, 256}},
+      {"kv_heads", {g.kv_heads, 64}},     {"heads_per_kv", {g.heads_per_kv, 64}}, {"head_dim", {g.head_dim, 1024}},
+      {"block_tokens", {g.block_tokens, 1024}}};
+  for (const auto& [flag, value_and_max] : bounds) {
+    const auto [value, max] = value_and_max;
+    if (value < 1 || value > max) {
+      return absl::InvalidArgumentError(absl::StrCat("--", flag, "=", value, ": must be in [1, ", max, "]"));
+    }
   }
-  MF_RETURN_IF_ERROR(CheckCpuRunsKernels());
-  const MachineLimits limits = MeasureMachineLimits();
-  std::printf("== machine limits (%d OpenMP threads): DRAM read %.1f GB/s, f32 matmul peak %.0f GFLOP/s, "
-              "bf16 %.0f\n",
-              omp_get_max_threads(), limits.dram_read_gbps, limits.f32_gflops, limits.bf16_gflops);
-  std::printf("== %d layers x %d KV heads x %d query heads each, head_dim %d, blocks of %d; decode: %d sequences "
-              "at %d positions; prefill: %d tokens; median of %d\n",
-              g.layers, g.kv_heads, g.heads_per_kv, g.head_dim, g.block_tokens, g.sequences, g.context, g.context,
-              repeats);
+  // The decode pool holds every sequence's positions in every layer.
+  const double pool_bytes = 2.0 * g.sequences * (g.context + g.block_tokens) * g.layers * g.kv_heads *
+                            (g.head_dim + KvPool::kValueDimMultiple) * sizeof(float);
+  constexpr double kMaxPoolBytes = 16.0 * (1 << 30);
+  if (pool_bytes > kMaxPoolBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--sequences x --context x --layers x --kv_heads x --head_dim need a ", pool_bytes / (1 << 30),
+        " GiB KV pool, more than the limit of 16 GiB"));
+  }
   std::vector<std::pair<std::string, PagedAttentionFn>> kernels;
   for (const std::string& name : absl::GetFlag(FLAGS_kernels)) {
     if (name == "avx2") {
@@ -182,15 +190,26 @@ absl::Status Run() {
   }
   std::vector<DType> dtypes;
   for (const std::string& name : absl::GetFlag(FLAGS_kv_dtypes)) {
-    MF_ASSIGN_OR_RETURN(std::optional<DType> dtype, ParseKvDtype(name));
-    if (!dtype.has_value()) return absl::InvalidArgumentError("--kv_dtypes: f32 or bf16");
-    dtypes.push_back(*dtype);
+    absl::StatusOr<std::optional<DType>> dtype = ParseKvDtype(name);
+    if (!dtype.ok() || !dtype->has_value()) {
+      return absl::InvalidArgumentError(absl::StrCat("--kv_dtypes: unknown '", name, "' (f32, bf16)"));
+    }
+    dtypes.push_back(**dtype);
   }
   for (const std::string& mode : absl::GetFlag(FLAGS_modes)) {
     if (mode != "decode" && mode != "prefill") {
       return absl::InvalidArgumentError(absl::StrCat("--modes: unknown '", mode, "' (decode, prefill)"));
     }
   }
+  MF_RETURN_IF_ERROR(CheckCpuRunsKernels());
+  const MachineLimits limits = MeasureMachineLimits();
+  std::printf("== machine limits (%d OpenMP threads): DRAM read %.1f GB/s, f32 matmul peak %.0f GFLOP/s, "
+              "bf16 %.0f\n",
+              omp_get_max_threads(), limits.dram_read_gbps, limits.f32_gflops, limits.bf16_gflops);
+  std::printf("== %d layers x %d KV heads x %d query heads each, head_dim %d, blocks of %d; decode: %d sequences "
+              "at %d positions; prefill: %d tokens; median of %d\n",
+              g.layers, g.kv_heads, g.heads_per_kv, g.head_dim, g.block_tokens, g.sequences, g.context, g.context,
+              repeats);
   std::printf("%-8s %-7s %-5s %9s %9s %6s %9s %6s\n", "mode", "kernel", "kv", "ms", "GFLOP/s", "/f32", "KV GB/s",
               "/DRAM");
   for (const std::string& mode : absl::GetFlag(FLAGS_modes)) {
