@@ -59,7 +59,8 @@ struct Geometry {
 };
 
 // A pool with `sequences` sequences of `length` random positions each, their
-// blocks interleaved in the pool as a server's would be.
+// blocks taken one at a time in turn, as a server's decode steps take them (the
+// pool has no spare block, so the allocator cannot keep every run unbroken).
 struct FilledPool {
   std::unique_ptr<KvPool> pool;
   std::vector<std::unique_ptr<KvSequence>> sequences;

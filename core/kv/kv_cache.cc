@@ -22,38 +22,84 @@ KvPool::KvPool(int num_layers, int num_kv_heads, int head_dim, int block_tokens,
       value_tile_elements_((dtype == DType::kBF16 ? RoundUp(block_tokens, 2) : block_tokens) * value_stride_),
       block_elements_(static_cast<int64_t>(num_layers) * num_kv_heads * (key_tile_elements_ + value_tile_elements_)),
       storage_(static_cast<size_t>(num_blocks * block_elements_ * element_bytes_)) {
-  free_list_.reserve(num_blocks);
-  // Hand out low block ids first: they were touched most recently.
-  for (int64_t b = num_blocks - 1; b >= 0; --b) free_list_.push_back(static_cast<int32_t>(b));
+  if (num_blocks > 0) AddRun(0, static_cast<int32_t>(num_blocks));
 }
 
 int64_t KvPool::free_blocks() const {
   std::lock_guard<std::mutex> lock(mutex_);
-  return static_cast<int64_t>(free_list_.size());
+  return free_count_;
 }
 
 absl::Status KvPool::Allocate(int64_t count, std::vector<int32_t>* out) {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (count > static_cast<int64_t>(free_list_.size())) {
-    return absl::ResourceExhaustedError(absl::StrCat("KV cache: ", count, " blocks needed, ",
-                                                     free_list_.size(), " of ", num_blocks_,
-                                                     " free"));
+  if (count > free_count_) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("KV cache: ", count, " blocks needed, ", free_count_, " of ", num_blocks_, " free"));
   }
+  int32_t next = out->empty() ? -1 : out->back() + 1;
   for (int64_t i = 0; i < count; ++i) {
-    out->push_back(free_list_.back());
-    free_list_.pop_back();
+    if (next < 0 || !IsFree(next)) next = StartOfNewRun(count - i);
+    Take(next);
+    out->push_back(next++);
   }
   return absl::OkStatus();
 }
 
 void KvPool::Free(const std::vector<int32_t>& blocks) {
   std::lock_guard<std::mutex> lock(mutex_);
-  free_list_.insert(free_list_.end(), blocks.rbegin(), blocks.rend());
+  for (int32_t block : blocks) {
+    int32_t start = block, length = 1;
+    auto after = free_runs_.find(block + 1);
+    if (after != free_runs_.end()) {
+      length += after->second;
+      RemoveRun(after->first, after->second);
+    }
+    auto before = free_runs_.lower_bound(block);
+    if (before != free_runs_.begin() && (--before)->first + before->second == block) {
+      start = before->first;
+      length += before->second;
+      RemoveRun(before->first, before->second);
+    }
+    AddRun(start, length);
+  }
+}
+
+bool KvPool::IsFree(int32_t block) const {
+  auto run = free_runs_.upper_bound(block);
+  if (run == free_runs_.begin()) return false;
+  --run;
+  return block < run->first + run->second;
+}
+
+int32_t KvPool::StartOfNewRun(int64_t wanted) const {
+  const auto [minus_length, start] = *runs_by_length_.begin();
+  if (start == 0) return 0;
+  return start + static_cast<int32_t>(std::max<int64_t>(0, (-minus_length - wanted) / 2));
+}
+
+void KvPool::Take(int32_t block) {
+  auto run = std::prev(free_runs_.upper_bound(block));
+  const int32_t start = run->first, length = run->second;
+  RemoveRun(start, length);
+  if (block > start) AddRun(start, block - start);
+  if (block + 1 < start + length) AddRun(block + 1, start + length - block - 1);
+}
+
+void KvPool::AddRun(int32_t start, int32_t length) {
+  free_runs_.emplace(start, length);
+  runs_by_length_.emplace(-length, start);
+  free_count_ += length;
+}
+
+void KvPool::RemoveRun(int32_t start, int32_t length) {
+  free_runs_.erase(start);
+  runs_by_length_.erase({-length, start});
+  free_count_ -= length;
 }
 
 int64_t KvPool::KeyOffset(int32_t block, int layer, int kv_head) const {
-  return block * block_elements_ +
-         (static_cast<int64_t>(layer) * num_kv_heads_ + kv_head) * (key_tile_elements_ + value_tile_elements_);
+  return ((static_cast<int64_t>(layer) * num_kv_heads_ + kv_head) * num_blocks_ + block) *
+         (key_tile_elements_ + value_tile_elements_);
 }
 
 int64_t KvPool::ValueOffset(int32_t block, int layer, int kv_head) const {

@@ -1,5 +1,7 @@
 #include "core/kv/kv_cache.h"
 
+#include <algorithm>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -34,6 +36,59 @@ TEST(KvPoolTest, ExhaustionIsAnErrorAndChangesNothing) {
   EXPECT_EQ(b.capacity(), 0);
   EXPECT_EQ(pool.free_blocks(), 1);
   ASSERT_TRUE(b.Reserve(16).ok());
+}
+
+// Block ids of a sequence stay consecutive where the pool can keep them so:
+// attention then reads one contiguous run per (layer, head).
+bool Consecutive(const std::vector<int32_t>& blocks) {
+  for (size_t i = 1; i < blocks.size(); ++i) {
+    if (blocks[i] != blocks[i - 1] + 1) return false;
+  }
+  return true;
+}
+
+TEST(KvPoolTest, SequencesGrowingTogetherKeepConsecutiveBlocks) {
+  KvPool pool(1, 1, 4, /*block_tokens=*/1, /*num_blocks=*/64);
+  KvSequence a(&pool), b(&pool), c(&pool), d(&pool);
+  // Prompts first, then decode steps that take a block for each in turn.
+  for (KvSequence* s : {&a, &b, &c, &d}) ASSERT_TRUE(s->Reserve(4).ok());
+  for (int64_t length = 5; length <= 12; ++length) {
+    for (KvSequence* s : {&a, &b, &c, &d}) ASSERT_TRUE(s->Reserve(length).ok());
+  }
+  for (KvSequence* s : {&a, &b, &c, &d}) {
+    EXPECT_EQ(s->blocks().size(), 12u);
+    EXPECT_TRUE(Consecutive(s->blocks())) << ::testing::PrintToString(s->blocks());
+  }
+  EXPECT_EQ(a.blocks().front(), 0);  // nothing precedes the first run: no gap left before it
+  EXPECT_EQ(pool.used_blocks(), 48);
+}
+
+TEST(KvPoolTest, FreedBlocksCoalesceAndEveryBlockIsHandedOutOnce) {
+  KvPool pool(1, 1, 4, 1, 32);
+  std::vector<std::unique_ptr<KvSequence>> sequences;
+  for (int i = 0; i < 8; ++i) {
+    sequences.push_back(std::make_unique<KvSequence>(&pool));
+    ASSERT_TRUE(sequences.back()->Reserve(1 + i % 3).ok());
+  }
+  // Free every other sequence, leaving holes, then fill the pool to the last block.
+  for (int i = 0; i < 8; i += 2) sequences[i].reset();
+  auto rest = std::make_unique<KvSequence>(&pool);
+  ASSERT_TRUE(rest->Reserve(pool.free_blocks()).ok());
+  EXPECT_EQ(pool.free_blocks(), 0);
+  std::vector<int32_t> all = rest->blocks();
+  for (const auto& s : sequences) {
+    if (s != nullptr) all.insert(all.end(), s->blocks().begin(), s->blocks().end());
+  }
+  std::sort(all.begin(), all.end());
+  ASSERT_EQ(all.size(), 32u);
+  for (int32_t i = 0; i < 32; ++i) EXPECT_EQ(all[i], i);
+  // Once everything is back the pool is one run again: one sequence gets ids 0..31 in order.
+  sequences.clear();
+  rest.reset();
+  KvSequence whole(&pool);
+  ASSERT_TRUE(whole.Reserve(32).ok());
+  EXPECT_TRUE(Consecutive(whole.blocks()));
+  EXPECT_EQ(whole.blocks().front(), 0);
 }
 
 TEST(KvPoolTest, KeysAndValuesOfDifferentSlotsDoNotAlias) {
