@@ -299,10 +299,11 @@ struct PagedAttentionKernel {
 
     for (int64_t span_first = first_block; span_first <= last_block; span_first += span_blocks) {
       const int blocks_in_span = static_cast<int>(std::min<int64_t>(span_blocks, last_block + 1 - span_first));
-      // Blocks are scattered over the pool: the next span's tiles (a
-      // contiguous run per block) are fetched while this span is computed, in
-      // decode one block at a time as this span's blocks are scored (in one
-      // burst they stalled the kernel: 16 x 512 positions took 6.3 ms, not 5.3).
+      // Blocks may be scattered over the pool (KvPool keeps a sequence's ids
+      // consecutive only where it can): the next span's tiles (a contiguous
+      // run per block) are fetched while this span is computed, in decode one
+      // block at a time as this span's blocks are scored (in one burst they
+      // stalled the kernel: 16 x 512 positions took 6.3 ms, not 5.3).
       if (span_first == first_block) {
         for (int b = 0; b < blocks_in_span; ++b) {
           Prefetch(pool.KeyTile<T>(blocks[span_first + b], pool_layer, kv_head), tiles_bytes);

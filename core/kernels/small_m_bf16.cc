@@ -20,10 +20,16 @@ constexpr int kTileRows = 6;
 // the whole of k at once.
 constexpr int64_t kChunkPairs = 128;
 // Software prefetch distance in k pairs for a single tile (4 KiB ahead). With
-// several tiles every tile prefetches the next chunk instead, so that DRAM
-// keeps streaming while the later tiles compute on the current one; without
-// it the hardware prefetcher idles during those tiles and 16 rows cost ~1.6x
-// as much on a cold 2048x8192 matrix.
+// several tiles the tiles prefetch the next chunk instead, so that DRAM keeps
+// streaming while the later tiles compute on the current one (without it the
+// hardware prefetcher idles during those tiles and 16 rows cost ~1.6x as much
+// on a cold 2048x8192 matrix), each tile a share of its pairs (tile t of T
+// the pairs t, t + T, ...), so that the prefetches are spread over the whole
+// chunk: when every tile prefetched all of them, the first tile issued them
+// in a burst and the rest only repeated them (16 rows, build/bench/matmul_bench
+// 8192x1024 1024x4096 1024x1024, three A/B rounds: cold 298-412 vs 369-440 us,
+// 205-235 vs 223-253, 55-59 vs 58-63; engine_bench XL 16 rows at 512 positions
+// 18.3-19.5 vs 20.8-21.7 ms).
 constexpr int64_t kSingleTilePrefetchPairs = 16;
 // bf16 elements of one k pair of a column block: 64 columns x 2 k.
 constexpr int64_t kPairStride = kPackBlockN * 2;
@@ -32,14 +38,15 @@ inline __m512bh AsBh(__m512i v) { return reinterpret_cast<__m512bh>(v); }
 
 // Accumulates rows [0, R) of x against pairs [p_begin, p_end) of one column
 // block into y, prefetching into L2 the weights `prefetch` elements ahead of
-// each pair (past the end of the buffer is harmless for a prefetch). With
+// pairs p_begin + share, then every `shares`-th pair (past the end of the
+// buffer is harmless for a prefetch). With
 // `odd_k` the single trailing k (index k - 1, paired with a zero-padded
 // weight) is added too; it is loaded alone so that the next row's first
 // element, which may be an Inf, never meets the zero weight.
 template <int R>
 void Tile(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t p_begin, int64_t p_end,
           bool odd_k, int64_t k, float* y, int64_t ldy, const __mmask16 (&mask)[4], bool load_y,
-          int64_t prefetch) {
+          int64_t prefetch, int64_t share, int64_t shares) {
   __m512 acc[R][4];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
@@ -49,13 +56,17 @@ void Tile(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t p_begin, in
           load_y ? _mm512_maskz_loadu_ps(mask[j], y + r * ldy + 16 * j) : _mm512_setzero_ps();
     }
   }
+  int64_t until_prefetch = share;
   for (int64_t p = p_begin; p < p_end; ++p) {
     const uint16_t* wp = w + p * kPairStride;
     // Integer arithmetic: the address may lie past the buffer.
     const auto* ahead = reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(wp) +
                                                       prefetch * sizeof(uint16_t));
+    if (until_prefetch-- == 0) {
 #pragma GCC unroll 4
-    for (int line = 0; line < 4; ++line) _mm_prefetch(ahead + 64 * line, _MM_HINT_T1);
+      for (int line = 0; line < 4; ++line) _mm_prefetch(ahead + 64 * line, _MM_HINT_T1);
+      until_prefetch = shares - 1;
+    }
     const __m512bh w0 = AsBh(_mm512_load_si512(wp));
     const __m512bh w1 = AsBh(_mm512_load_si512(wp + 32));
     const __m512bh w2 = AsBh(_mm512_load_si512(wp + 64));
@@ -91,20 +102,21 @@ void Tile(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t p_begin, in
 
 void TileRows(int rows, const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t p_begin,
               int64_t p_end, bool odd_k, int64_t k, float* y, int64_t ldy,
-              const __mmask16 (&mask)[4], bool load_y, int64_t prefetch) {
+              const __mmask16 (&mask)[4], bool load_y, int64_t prefetch, int64_t share,
+              int64_t shares) {
   switch (rows) {
     case 1:
-      return Tile<1>(x, ldx, w, p_begin, p_end, odd_k, k, y, ldy, mask, load_y, prefetch);
+      return Tile<1>(x, ldx, w, p_begin, p_end, odd_k, k, y, ldy, mask, load_y, prefetch, share, shares);
     case 2:
-      return Tile<2>(x, ldx, w, p_begin, p_end, odd_k, k, y, ldy, mask, load_y, prefetch);
+      return Tile<2>(x, ldx, w, p_begin, p_end, odd_k, k, y, ldy, mask, load_y, prefetch, share, shares);
     case 3:
-      return Tile<3>(x, ldx, w, p_begin, p_end, odd_k, k, y, ldy, mask, load_y, prefetch);
+      return Tile<3>(x, ldx, w, p_begin, p_end, odd_k, k, y, ldy, mask, load_y, prefetch, share, shares);
     case 4:
-      return Tile<4>(x, ldx, w, p_begin, p_end, odd_k, k, y, ldy, mask, load_y, prefetch);
+      return Tile<4>(x, ldx, w, p_begin, p_end, odd_k, k, y, ldy, mask, load_y, prefetch, share, shares);
     case 5:
-      return Tile<5>(x, ldx, w, p_begin, p_end, odd_k, k, y, ldy, mask, load_y, prefetch);
+      return Tile<5>(x, ldx, w, p_begin, p_end, odd_k, k, y, ldy, mask, load_y, prefetch, share, shares);
     default:
-      return Tile<6>(x, ldx, w, p_begin, p_end, odd_k, k, y, ldy, mask, load_y, prefetch);
+      return Tile<6>(x, ldx, w, p_begin, p_end, odd_k, k, y, ldy, mask, load_y, prefetch, share, shares);
   }
 }
 
@@ -118,6 +130,7 @@ void SmallMBf16MatMul(const uint16_t* x, int64_t m, int64_t ldx, const uint16_t*
   const int64_t total_pairs = (k + 1) / 2;
   const int64_t chunk_pairs = m <= kTileRows ? total_pairs : kChunkPairs;
   const int64_t prefetch = (m <= kTileRows ? kSingleTilePrefetchPairs : chunk_pairs) * kPairStride;
+  const int64_t tiles = (m + kTileRows - 1) / kTileRows;
   // Static: consecutive blocks are adjacent in memory, so each thread reads one
   // sequential stream.
 #pragma omp parallel for schedule(static)
@@ -138,7 +151,7 @@ void SmallMBf16MatMul(const uint16_t* x, int64_t m, int64_t ldx, const uint16_t*
       for (int64_t i = 0; i < m; i += kTileRows) {
         const int rows = static_cast<int>(std::min<int64_t>(kTileRows, m - i));
         TileRows(rows, x + i * ldx, ldx, wb, p0, p1, odd_k, k, yb + i * ldy, ldy, mask, load_y,
-                 prefetch);
+                 prefetch, i / kTileRows, tiles);
       }
     }
   }

@@ -37,7 +37,9 @@ namespace matformer {
 // To keep ids consecutive, Allocate continues a sequence right after its last
 // block when that block is free, and starts a new run of blocks in the middle
 // of the longest free run (at its start if nothing precedes it), leaving room
-// for the sequence before it to grow into.
+// for the sequence before it to grow into. The price: spread over the pool,
+// the first few sequences already make most of its huge pages resident; the
+// pool is sized (--kv_blocks) for the load it must hold anyway.
 //
 // Keys and values are stored in f32 or bf16 (`dtype`); in bf16 the pool is
 // half the size and attention reads half the bytes (rounded to nearest even
