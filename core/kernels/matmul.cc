@@ -193,12 +193,12 @@ void Execute(const Primitive& primitive, const memory& src, const memory& weight
 bool UseSmallMKernel(int64_t rows) { return rows <= kSmallMMaxRows && HasAvx512Bf16(); }
 
 // Rows [0, m) of x into a dense bf16 copy.
-void ConvertRows(const float* x, int64_t m, int64_t ldx, int64_t k, uint16_t* out) {
+void ConvertRows(const float* x, int64_t m, int64_t ldx, int64_t k, uint16_t* out, int64_t ld_out) {
   const bool avx512 = HasAvx512Bf16();
 #pragma omp parallel for schedule(static) if (m * k >= kParallelConvertElements)
   for (int64_t i = 0; i < m; ++i) {
     const float* row = x + i * ldx;
-    uint16_t* dst = out + i * k;
+    uint16_t* dst = out + i * ld_out;
     if (avx512) {
       kernels_internal::ConvertRowToBf16(row, k, dst);
     } else {
@@ -274,18 +274,25 @@ void MatMulBf16(const float* x, int64_t m, int64_t ldx, const Bf16Weights& w, fl
   // reads past m.
   const int64_t last_rows = m - (m - 1) / kMaxPieceRows * kMaxPieceRows;
   const int64_t m_alloc = UseSmallMKernel(last_rows) ? m : RoundUp(m, kRowGranule);
+  // oneDNN's pieces read rows of exactly k; the small-M kernel alone gets a
+  // padded stride: with k a multiple of 1024 its rows were a multiple of 2 KiB
+  // apart, crowding into one or two L1 sets (build/bench/matmul_bench
+  // 1024x4096 1024x1024 8192x1024, hot: 32 rows 282-288 vs 327 us, 72 vs
+  // 87-90, 558-570 vs 593-599; 16 rows of 1024x4096 142 vs 145-167).
+  const bool only_small_m = m <= kSmallMMaxRows && UseSmallMKernel(m);
+  const int64_t ld = only_small_m ? RoundUp(w.k, 32) + 32 : w.k;
   AlignedBuffer& xb_buffer = ThreadScratch().x_bf16;
-  xb_buffer.Reserve(m_alloc * w.k * sizeof(uint16_t));
+  xb_buffer.Reserve(m_alloc * ld * sizeof(uint16_t));
   uint16_t* xb = reinterpret_cast<uint16_t*>(xb_buffer.data());
-  ConvertRows(x, m, ldx, w.k, xb);
-  std::memset(xb + m * w.k, 0, (m_alloc - m) * w.k * sizeof(uint16_t));
+  ConvertRows(x, m, ldx, w.k, xb, ld);
+  std::memset(xb + m * ld, 0, (m_alloc - m) * ld * sizeof(uint16_t));
   for (int64_t i = 0; i < m; i += kMaxPieceRows) {
     const int64_t rows = std::min(kMaxPieceRows, m - i);
     if (UseSmallMKernel(rows)) {
-      kernels_internal::SmallMBf16MatMul(xb + i * w.k, rows, w.k, w.data, w.n, w.k, y + i * ldy,
-                                         ldy, accumulate);
+      kernels_internal::SmallMBf16MatMul(xb + i * ld, rows, ld, w.data, w.n, w.k, y + i * ldy, ldy,
+                                         accumulate);
     } else {
-      OnednnBf16Piece(w, xb + i * w.k, rows, y + i * ldy, ldy, accumulate);
+      OnednnBf16Piece(w, xb + i * ld, rows, y + i * ldy, ldy, accumulate);
     }
   }
 }
