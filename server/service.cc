@@ -235,13 +235,21 @@ absl::Status MatFormerService::CheckAccess(const grpc::CallbackServerContext& co
   return absl::OkStatus();
 }
 
-absl::Status MatFormerService::Submit(grpc::CallbackServerContext* context, PreparedRequest prepared,
-                                      RequestCallbacks callbacks, const std::shared_ptr<CancelLink>& link,
-                                      const std::shared_ptr<CallRecord>& record) {
-  record->budget = prepared.budget;
-  record->prompt_tokens = prepared.request.prompt.size();
+absl::Status MatFormerService::Start(grpc::CallbackServerContext* context, const std::shared_ptr<CallRecord>& record,
+                                     const std::shared_ptr<CancelLink>& link,
+                                     absl::FunctionRef<absl::StatusOr<PreparedRequest>()> prepare,
+                                     absl::FunctionRef<RequestCallbacks(const PreparedRequest&)> make_callbacks) {
+  const absl::Status access = CheckAccess(*context, record->tier, record.get());
+  absl::StatusOr<PreparedRequest> prepared = access.ok() ? prepare() : access;
+  if (!prepared.ok()) {
+    Reject(*record, prepared.status());
+    return prepared.status();
+  }
+  record->budget = prepared->budget;
+  record->prompt_tokens = prepared->request.prompt.size();
+  RequestCallbacks callbacks = make_callbacks(*prepared);
   absl::StatusOr<std::shared_ptr<RequestHandle>> handle =
-      deps_.scheduler->Submit(std::move(prepared.request), std::move(callbacks));
+      deps_.scheduler->Submit(std::move(prepared->request), std::move(callbacks));
   if (!handle.ok()) {
     if (absl::IsResourceExhausted(handle.status())) {
       // Shed at once with a hint of when capacity frees up; gRPC clients with
@@ -262,27 +270,21 @@ grpc::ServerUnaryReactor* MatFormerService::Generate(grpc::CallbackServerContext
                                                      v1::GenerateResponse* response) {
   std::shared_ptr<UnaryCall> call = UnaryCall::Create();
   std::shared_ptr<CallRecord> record = NewRecord(context, "Generate", request->tier());
-  const absl::Status access = CheckAccess(*context, request->tier(), record.get());
-  absl::StatusOr<PreparedRequest> prepared =
-      access.ok() ? builder_.Generate(*request, CallDeadline(*context), absl::Now()) : access;
-  if (!prepared.ok()) {
-    Reject(*record, prepared.status());
-    call->Finish(ToGrpcStatus(prepared.status()));
-    return call.get();
-  }
-  RequestCallbacks callbacks;
-  callbacks.on_tokens = [this, record](const std::vector<int32_t>& tokens, const std::string&) {
-    ObserveTokens(*record, tokens.size());
-  };
-  callbacks.on_done = [this, record, call, response](const SchedulerResult& result) {
-    if (result.status.ok()) FillGenerateResponse(result, record->id, record->budget, response);
-    Complete(*record, result);
-    call->Finish(ToGrpcStatus(result.status));
-  };
-  if (absl::Status submitted = Submit(context, *std::move(prepared), std::move(callbacks), call, record);
-      !submitted.ok()) {
-    call->Finish(ToGrpcStatus(submitted));
-  }
+  const absl::Status started = Start(
+      context, record, call, [&] { return builder_.Generate(*request, CallDeadline(*context), absl::Now()); },
+      [&](const PreparedRequest&) {
+        RequestCallbacks callbacks;
+        callbacks.on_tokens = [this, record](const std::vector<int32_t>& tokens, const std::string&) {
+          ObserveTokens(*record, tokens.size());
+        };
+        callbacks.on_done = [this, record, call, response](const SchedulerResult& result) {
+          if (result.status.ok()) FillGenerateResponse(result, record->id, record->budget, response);
+          Complete(*record, result);
+          call->Finish(ToGrpcStatus(result.status));
+        };
+        return callbacks;
+      });
+  if (!started.ok()) call->Finish(ToGrpcStatus(started));
   return call.get();
 }
 
@@ -290,35 +292,30 @@ grpc::ServerWriteReactor<v1::GenerateStreamResponse>* MatFormerService::Generate
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
   std::shared_ptr<StreamCall> call = StreamCall::Create();
   std::shared_ptr<CallRecord> record = NewRecord(context, "GenerateStream", request->tier());
-  const absl::Status access = CheckAccess(*context, request->tier(), record.get());
-  absl::StatusOr<PreparedRequest> prepared =
-      access.ok() ? builder_.Generate(*request, CallDeadline(*context), absl::Now()) : access;
-  if (!prepared.ok()) {
-    Reject(*record, prepared.status());
-    call->Close(ToGrpcStatus(prepared.status()));
-    return call.get();
-  }
-  RequestCallbacks callbacks;
-  callbacks.on_tokens = [this, record, call](const std::vector<int32_t>& tokens, const std::string& text_delta) {
-    ObserveTokens(*record, tokens.size());
-    v1::GenerateStreamResponse chunk;
-    chunk.set_text(text_delta);
-    chunk.mutable_token_ids()->Add(tokens.begin(), tokens.end());
-    call->Send(std::move(chunk));
-  };
-  callbacks.on_done = [this, record, call](const SchedulerResult& result) {
-    if (result.status.ok()) {
-      v1::GenerateStreamResponse last;
-      FillGenerateResponse(result, record->id, record->budget, last.mutable_summary());
-      call->Send(std::move(last));
-    }
-    Complete(*record, result);
-    call->Close(ToGrpcStatus(result.status));
-  };
-  if (absl::Status submitted = Submit(context, *std::move(prepared), std::move(callbacks), call, record);
-      !submitted.ok()) {
-    call->Close(ToGrpcStatus(submitted));
-  }
+  const absl::Status started = Start(
+      context, record, call, [&] { return builder_.Generate(*request, CallDeadline(*context), absl::Now()); },
+      [&](const PreparedRequest&) {
+        RequestCallbacks callbacks;
+        callbacks.on_tokens = [this, record, call](const std::vector<int32_t>& tokens,
+                                                   const std::string& text_delta) {
+          ObserveTokens(*record, tokens.size());
+          v1::GenerateStreamResponse chunk;
+          chunk.set_text(text_delta);
+          chunk.mutable_token_ids()->Add(tokens.begin(), tokens.end());
+          call->Send(std::move(chunk));
+        };
+        callbacks.on_done = [this, record, call](const SchedulerResult& result) {
+          if (result.status.ok()) {
+            v1::GenerateStreamResponse last;
+            FillGenerateResponse(result, record->id, record->budget, last.mutable_summary());
+            call->Send(std::move(last));
+          }
+          Complete(*record, result);
+          call->Close(ToGrpcStatus(result.status));
+        };
+        return callbacks;
+      });
+  if (!started.ok()) call->Close(ToGrpcStatus(started));
   return call.get();
 }
 
@@ -326,25 +323,19 @@ grpc::ServerUnaryReactor* MatFormerService::Score(grpc::CallbackServerContext* c
                                                   v1::ScoreResponse* response) {
   std::shared_ptr<UnaryCall> call = UnaryCall::Create();
   std::shared_ptr<CallRecord> record = NewRecord(context, "Score", request->tier());
-  const absl::Status access = CheckAccess(*context, request->tier(), record.get());
-  absl::StatusOr<PreparedRequest> prepared =
-      access.ok() ? builder_.Score(*request, CallDeadline(*context), absl::Now()) : access;
-  if (!prepared.ok()) {
-    Reject(*record, prepared.status());
-    call->Finish(ToGrpcStatus(prepared.status()));
-    return call.get();
-  }
-  RequestCallbacks callbacks;
-  callbacks.on_done = [this, record, call, response,
-                       continuation = prepared->request.continuation](const SchedulerResult& result) {
-    if (result.status.ok()) FillScoreResponse(result, continuation, record->id, record->budget, response);
-    Complete(*record, result);
-    call->Finish(ToGrpcStatus(result.status));
-  };
-  if (absl::Status submitted = Submit(context, *std::move(prepared), std::move(callbacks), call, record);
-      !submitted.ok()) {
-    call->Finish(ToGrpcStatus(submitted));
-  }
+  const absl::Status started = Start(
+      context, record, call, [&] { return builder_.Score(*request, CallDeadline(*context), absl::Now()); },
+      [&](const PreparedRequest& prepared) {
+        RequestCallbacks callbacks;
+        callbacks.on_done = [this, record, call, response,
+                             continuation = prepared.request.continuation](const SchedulerResult& result) {
+          if (result.status.ok()) FillScoreResponse(result, continuation, record->id, record->budget, response);
+          Complete(*record, result);
+          call->Finish(ToGrpcStatus(result.status));
+        };
+        return callbacks;
+      });
+  if (!started.ok()) call->Finish(ToGrpcStatus(started));
   return call.get();
 }
 

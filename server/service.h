@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "core/engine.h"
@@ -69,10 +70,15 @@ class MatFormerService final : public v1::MatFormer::CallbackService {
   // given; empty = no tier). Names the caller in `record` (if any).
   absl::Status CheckAccess(const grpc::CallbackServerContext& context, std::optional<absl::string_view> tier,
                            CallRecord* record) const;
-  // Submits and links cancellation; on failure rejects (with a retry hint in
-  // the trailers when shed) and returns the status.
-  absl::Status Submit(grpc::CallbackServerContext* context, PreparedRequest prepared, RequestCallbacks callbacks,
-                      const std::shared_ptr<CancelLink>& link, const std::shared_ptr<CallRecord>& record);
+  // The path of every model call to the scheduler: checks access, builds the
+  // request (`prepare`), submits it with the callbacks `make_callbacks` gives
+  // for it and links cancellation. OK means the scheduler owns the call and
+  // its callbacks end it; otherwise the call was rejected (with a retry hint
+  // in the trailers when shed) and the caller ends it with the status.
+  absl::Status Start(grpc::CallbackServerContext* context, const std::shared_ptr<CallRecord>& record,
+                     const std::shared_ptr<CancelLink>& link,
+                     absl::FunctionRef<absl::StatusOr<PreparedRequest>()> prepare,
+                     absl::FunctionRef<RequestCallbacks(const PreparedRequest&)> make_callbacks);
 
   Dependencies deps_;
   RequestBuilder builder_;
