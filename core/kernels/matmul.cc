@@ -274,13 +274,12 @@ void MatMulBf16(const float* x, int64_t m, int64_t ldx, const Bf16Weights& w, fl
   // reads past m.
   const int64_t last_rows = m - (m - 1) / kMaxPieceRows * kMaxPieceRows;
   const int64_t m_alloc = UseSmallMKernel(last_rows) ? m : RoundUp(m, kRowGranule);
-  // oneDNN's pieces read rows of exactly k; the small-M kernel alone gets a
-  // padded stride: with k a multiple of 1024 its rows were a multiple of 2 KiB
+  // oneDNN's pieces read rows of exactly k; when the small-M kernel takes all
+  // of m (one piece) the rows get a padded stride: with k a multiple of 1024 its rows were a multiple of 2 KiB
   // apart, crowding into one or two L1 sets (build/bench/matmul_bench
   // 1024x4096 1024x1024 8192x1024, hot: 32 rows 282-288 vs 327 us, 72 vs
   // 87-90, 558-570 vs 593-599; 16 rows of 1024x4096 142 vs 145-167).
-  const bool only_small_m = m <= kSmallMMaxRows && UseSmallMKernel(m);
-  const int64_t ld = only_small_m ? RoundUp(w.k, 32) + 32 : w.k;
+  const int64_t ld = UseSmallMKernel(m) ? RoundUp(w.k, 32) + 32 : w.k;
   AlignedBuffer& xb_buffer = ThreadScratch().x_bf16;
   xb_buffer.Reserve(m_alloc * ld * sizeof(uint16_t));
   uint16_t* xb = reinterpret_cast<uint16_t*>(xb_buffer.data());

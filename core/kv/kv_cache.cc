@@ -20,8 +20,8 @@ KvPool::KvPool(int num_layers, int num_kv_heads, int head_dim, int block_tokens,
       num_blocks_(num_blocks),
       key_tile_elements_((dtype == DType::kBF16 ? RoundUp(head_dim, 2) : head_dim) * key_stride_),
       value_tile_elements_((dtype == DType::kBF16 ? RoundUp(block_tokens, 2) : block_tokens) * value_stride_),
-      block_elements_(static_cast<int64_t>(num_layers) * num_kv_heads * (key_tile_elements_ + value_tile_elements_)),
-      storage_(static_cast<size_t>(num_blocks * block_elements_ * element_bytes_)) {
+      storage_(static_cast<size_t>(int64_t{num_layers} * num_kv_heads * num_blocks *
+                                   (key_tile_elements_ + value_tile_elements_) * element_bytes_)) {
   if (num_blocks > 0) AddRun(0, static_cast<int32_t>(num_blocks));
 }
 

@@ -115,7 +115,6 @@ class KvPool {
   const int64_t element_bytes_;
   const int64_t num_blocks_;
   const int64_t key_tile_elements_, value_tile_elements_;
-  const int64_t block_elements_;
   HugePageArray<std::byte> storage_;  // [layer][kv_head][block][key tile, value tile]
   // std::mutex rather than absl::Mutex: ThreadSanitizer cannot see into
   // Debian's prebuilt (uninstrumented) Abseil, and these structures are the
