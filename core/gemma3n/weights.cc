@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <fstream>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
@@ -156,12 +155,14 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
   auto checkpoint = std::unique_ptr<Checkpoint>(new Checkpoint());
   const std::string index_path = directory + "/model.safetensors.index.json";
   std::vector<std::string> shard_names;
-  if (std::ifstream(index_path).good()) {
-    MF_ASSIGN_OR_RETURN(std::string text,
-                        ReadBoundedFile(index_path, kMaxIndexBytes, absl::StrCat("'", index_path, "': ")));
+  // No index file: a single-file checkpoint.
+  const absl::StatusOr<std::string> index_text =
+      ReadBoundedFile(index_path, kMaxIndexBytes, absl::StrCat("'", index_path, "': "));
+  if (!index_text.ok() && !absl::IsNotFound(index_text.status())) return index_text.status();
+  if (index_text.ok()) {
     Json index;
     try {
-      index = Json::parse(text);
+      index = Json::parse(*index_text);
     } catch (const Json::exception& e) {
       return absl::InvalidArgumentError(absl::StrCat(index_path, " is not valid JSON: ", e.what()));
     }

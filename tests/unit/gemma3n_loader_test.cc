@@ -107,6 +107,16 @@ TEST(Gemma3nLoader, ShardedCheckpointIgnoresVisionAndAudioShards) {
   ASSERT_FALSE(missing_shard.ok());
   EXPECT_TRUE(absl::StrContains(missing_shard.status().message(), "model-00009-of-00009.safetensors"))
       << missing_shard.status();
+
+  // An index that is there but cannot be read is an error naming it, not a
+  // single-file checkpoint.
+  std::filesystem::remove(dir + "/model.safetensors.index.json");
+  std::filesystem::create_directory(dir + "/model.safetensors.index.json");
+  auto unreadable_index = Model::Load(dir);
+  ASSERT_FALSE(unreadable_index.ok());
+  EXPECT_TRUE(
+      absl::StrContains(unreadable_index.status().message(), "model.safetensors.index.json': not a regular file"))
+      << unreadable_index.status();
 }
 
 // The published multimodal config.json nests the text config and (in 2025
