@@ -66,7 +66,7 @@ struct FilledPool {
   std::vector<std::unique_ptr<KvSequence>> sequences;
 };
 
-absl::StatusOr<FilledPool> Fill(const Geometry& g, DType dtype, int sequences, int64_t length) {
+absl::StatusOr<FilledPool> Fill(const Geometry& g, KvDtype dtype, int sequences, int64_t length) {
   FilledPool filled;
   const int64_t blocks_each = (length + g.block_tokens) / g.block_tokens;
   filled.pool = std::make_unique<KvPool>(g.layers, g.kv_heads, g.head_dim, g.block_tokens,
@@ -128,13 +128,14 @@ double TimeLayers(const Geometry& g, PagedAttentionFn kernel, int repeats, std::
 }
 
 // `pairs` visible query-key pairs per (layer, query head); `positions` read per (layer, KV head).
-Row RowOf(const Geometry& g, DType dtype, double seconds, double pairs, double positions) {
+Row RowOf(const Geometry& g, const KvPool& pool, double seconds, double pairs, double positions) {
+  const double position_bytes = double(pool.key_tile_bytes() + pool.value_tile_bytes()) / pool.block_tokens();
   return Row{.ms = seconds * 1e3,
              .flops = 4.0 * g.head_dim * g.kv_heads * g.heads_per_kv * g.layers * pairs,
-             .kv_bytes = 2.0 * g.head_dim * g.kv_heads * g.layers * positions * DTypeSize(dtype)};
+             .kv_bytes = g.kv_heads * g.layers * positions * position_bytes};
 }
 
-absl::StatusOr<Row> Decode(const Geometry& g, DType dtype, PagedAttentionFn kernel, int repeats) {
+absl::StatusOr<Row> Decode(const Geometry& g, KvDtype dtype, PagedAttentionFn kernel, int repeats) {
   MF_ASSIGN_OR_RETURN(FilledPool filled, Fill(g, dtype, g.sequences, g.context + 1));
   std::vector<AttentionSegment> segments;
   for (int i = 0; i < g.sequences; ++i) {
@@ -143,16 +144,16 @@ absl::StatusOr<Row> Decode(const Geometry& g, DType dtype, PagedAttentionFn kern
   }
   const double seconds = TimeLayers(g, kernel, repeats, segments, g.sequences);
   const double positions = static_cast<double>(g.sequences) * (g.context + 1);
-  return RowOf(g, dtype, seconds, positions, positions);
+  return RowOf(g, *filled.pool, seconds, positions, positions);
 }
 
-absl::StatusOr<Row> Prefill(const Geometry& g, DType dtype, PagedAttentionFn kernel, int repeats) {
+absl::StatusOr<Row> Prefill(const Geometry& g, KvDtype dtype, PagedAttentionFn kernel, int repeats) {
   MF_ASSIGN_OR_RETURN(FilledPool filled, Fill(g, dtype, 1, g.context));
   const double seconds = TimeLayers(g, kernel, repeats,
                                     {{.kv = filled.sequences[0].get(), .pool_layer = 0, .first_row = 0,
                                       .first_position = 0, .tokens = g.context}},
                                     g.context);
-  return RowOf(g, dtype, seconds, g.context * (g.context + 1) / 2.0, g.context);
+  return RowOf(g, *filled.pool, seconds, g.context * (g.context + 1) / 2.0, g.context);
 }
 
 absl::Status Run() {
@@ -189,11 +190,11 @@ absl::Status Run() {
       return absl::InvalidArgumentError(absl::StrCat("--kernels: unknown '", name, "' (avx2, avx512)"));
     }
   }
-  std::vector<DType> dtypes;
+  std::vector<KvDtype> dtypes;
   for (const std::string& name : absl::GetFlag(FLAGS_kv_dtypes)) {
-    absl::StatusOr<std::optional<DType>> dtype = ParseKvDtype(name);
+    absl::StatusOr<std::optional<KvDtype>> dtype = ParseKvDtype(name);
     if (!dtype.ok() || !dtype->has_value()) {
-      return absl::InvalidArgumentError(absl::StrCat("--kv_dtypes: unknown '", name, "' (f32, bf16)"));
+      return absl::InvalidArgumentError(absl::StrCat("--kv_dtypes: unknown '", name, "' (f32, bf16, int8)"));
     }
     dtypes.push_back(**dtype);
   }
@@ -214,13 +215,13 @@ absl::Status Run() {
   std::printf("%-8s %-7s %-5s %9s %9s %6s %9s %6s\n", "mode", "kernel", "kv", "ms", "GFLOP/s", "/f32", "KV GB/s",
               "/DRAM");
   for (const std::string& mode : absl::GetFlag(FLAGS_modes)) {
-    for (DType dtype : dtypes) {
+    for (KvDtype dtype : dtypes) {
       for (const auto& [name, kernel] : kernels) {
         MF_ASSIGN_OR_RETURN(const Row row, mode == "decode" ? Decode(g, dtype, kernel, repeats)
                                                            : Prefill(g, dtype, kernel, repeats));
         const double gflops = row.flops / row.ms * 1e-6, gbps = row.kv_bytes / row.ms * 1e-6;
         std::printf("%-8s %-7s %-5s %9.2f %9.1f %6.3f %9.1f %6.3f\n", mode.c_str(), name.c_str(),
-                    DTypeName(dtype).data(), row.ms,
+                    KvDtypeName(dtype).data(), row.ms,
                     gflops, gflops / limits.f32_gflops, gbps, gbps / limits.dram_read_gbps);
       }
     }

@@ -63,7 +63,7 @@ ABSL_FLAG(int, cold_repeats, 2, "Timed prefills on a fresh PLE cache per (spec, 
 ABSL_FLAG(int, decode_warmup, 2, "Untimed decode steps before the timed ones");
 ABSL_FLAG(int, decode_steps, 24, "Timed decode steps per (spec, prompt, batch)");
 ABSL_FLAG(int, kv_context, 640, "Tokens per sequence the KV pool is sized for");
-ABSL_FLAG(std::string, kv_dtype, "auto", "KV cache storage: auto (the model's dtype), f32 or bf16");
+ABSL_FLAG(std::string, kv_dtype, "auto", "KV cache storage: auto (the model's dtype), f32, bf16 or int8");
 ABSL_FLAG(bool, drop_file_cache, true,
           "Evict model.safetensors from the page cache before loading (posix_fadvise), so that "
           "the PLE table's resident pages are the ones the engine pulled in, not leftovers of "
@@ -129,11 +129,13 @@ double AttentionFlops(const ModelConfig& c, const SubmodelSpec& spec, int64_t pa
 }
 
 // Bytes of K and V a decode step reads: every kept layer, every KV head, every
-// visible position of every sequence.
-double KvReadBytes(const ModelConfig& c, const SubmodelSpec& spec, DType kv_dtype, int64_t batch, int64_t length) {
+// visible position of every sequence (its share of the pool's tiles: padding
+// and int8 scales included).
+double KvReadBytes(const ModelConfig& c, const SubmodelSpec& spec, const KvPool& pool, int64_t batch, int64_t length) {
   int kept = 0;
   for (int layer = 0; layer < c.num_layers; ++layer) kept += spec.skipped(layer) ? 0 : 1;
-  return 2.0 * kept * c.num_kv_heads * c.head_dim * DTypeSize(kv_dtype) * batch * (length + 1);
+  const double position_bytes = double(pool.key_tile_bytes() + pool.value_tile_bytes()) / pool.block_tokens();
+  return kept * c.num_kv_heads * position_bytes * batch * (length + 1);
 }
 
 struct Memory {
@@ -372,7 +374,7 @@ absl::Status BenchSpec(Engine& engine, std::shared_ptr<const Model> model, const
       const double step = Median(step_seconds);
       const int64_t mid_length = prompt_length + options.decode_warmup + options.decode_steps / 2;
       const double weight_bytes = static_cast<double>(cost.layer_bytes + cost.lm_head_bytes);
-      const double kv_bytes = KvReadBytes(c, spec, engine.kv_pool().dtype(), batch, mid_length);
+      const double kv_bytes = KvReadBytes(c, spec, engine.kv_pool(), batch, mid_length);
       const double gbps = weight_bytes / step * 1e-9;
       std::fprintf(stderr, "decode %s %d x%d: %.2f ms/step\n", spec.name().c_str(), prompt_length,
                    batch, step * 1e3);

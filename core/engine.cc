@@ -42,7 +42,7 @@ Engine::Engine(std::shared_ptr<const Model> model, const EngineOptions& options)
     : model_(std::move(model)), scratch_(std::make_unique<Scratch>()) {
   const ModelConfig& c = model_->config();
   kv_pool_ = std::make_unique<KvPool>(c.num_layers, c.num_kv_heads, c.head_dim, options.kv_block_tokens,
-                                      options.kv_blocks, options.kv_dtype.value_or(c.dtype));
+                                      options.kv_blocks, options.kv_dtype.value_or(KvDtypeOf(c.dtype)));
   ple_cache_ = std::make_unique<PleCache>(static_cast<int64_t>(c.num_layers) * c.ple_dim, options.ple_cache_bytes);
   for (int i = 0; i < c.head_dim / 2; ++i) {
     rope_inv_freq_.push_back(

@@ -24,7 +24,7 @@ struct EngineOptions {
   int64_t kv_blocks = 1024;
   int kv_block_tokens = 16;
   // How the pool stores keys and values; unset: the model's weight dtype.
-  std::optional<DType> kv_dtype = std::nullopt;
+  std::optional<KvDtype> kv_dtype = std::nullopt;
   size_t ple_cache_bytes = 64 << 20;
 };
 

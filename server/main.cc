@@ -79,8 +79,9 @@ ABSL_FLAG(int64_t, kv_blocks, 1024,
           "KV cache blocks of 16 tokens, 1..16777216; must hold one request of max_prompt_tokens + "
           "max_new_tokens_limit and fit in 3/4 of the machine's memory");
 ABSL_FLAG(std::string, kv_dtype, "auto",
-          "How the KV cache stores keys and values: auto (the model's weight dtype), f32 or bf16 (half the "
-          "memory and the bytes attention reads)");
+          "How the KV cache stores keys and values: auto (the model's weight dtype), f32, bf16 (half the "
+          "memory and the bytes attention reads) or int8 (a quarter of f32 plus a scale per position and head; "
+          "rounds keys and values to 1/254 of their largest element)");
 ABSL_FLAG(int64_t, ple_cache_mb, 64, "PLE cache size in MiB, 0..65536 (0 disables it)");
 ABSL_FLAG(int64_t, ffn_granule, 2048,
           "Gemma 3n checkpoints: FFN neurons per weight slab, 1..1048576; every slice width is a multiple of it "

@@ -107,9 +107,10 @@ absl::Status ValidateOptionsForModel(const ServerOptions& o, const ModelConfig& 
                                                    " (--max_prompt_tokens + --max_new_tokens_limit); need at least ",
                                                    (longest + block_tokens - 1) / block_tokens));
   }
-  MF_ASSIGN_OR_RETURN(const std::optional<DType> kv_dtype, ParseKvDtype(o.kv_dtype));
-  const int64_t kv_bytes = o.kv_blocks * block_tokens * config.num_layers * config.num_kv_heads * config.head_dim * 2 *
-                           static_cast<int64_t>(DTypeSize(kv_dtype.value_or(config.dtype)));
+  MF_ASSIGN_OR_RETURN(const std::optional<KvDtype> kv_dtype, ParseKvDtype(o.kv_dtype));
+  const int64_t kv_bytes = o.kv_blocks * KvPool::BlockBytes(config.num_layers, config.num_kv_heads, config.head_dim,
+                                                            static_cast<int>(block_tokens),
+                                                            kv_dtype.value_or(KvDtypeOf(config.dtype)));
   const int64_t memory = PhysicalMemoryBytes();
   if (kv_bytes > memory / 4 * 3) {
     return absl::InvalidArgumentError(

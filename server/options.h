@@ -30,7 +30,7 @@ struct ServerOptions {
   int max_batch = 0;
   int max_queue = 0;
   int64_t kv_blocks = 0;
-  std::string kv_dtype;  // auto (the model's dtype), f32 or bf16
+  std::string kv_dtype;  // auto (the model's dtype), f32, bf16 or int8
   int64_t ple_cache_mb = 0;
   // Gemma 3n checkpoints only: the FFN slab width (every slice width is a
   // multiple of it) and the published slicing table as the quality table.

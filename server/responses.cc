@@ -3,7 +3,6 @@
 #include <cmath>
 #include <numeric>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "core/model/submodel.h"
 
@@ -130,7 +129,7 @@ v1::ModelInfo BuildModelInfo(ServingEngine& engine, const Planner& planner, cons
   kv->set_blocks_used(pool.used_blocks());
   kv->set_block_tokens(pool.block_tokens());
   kv->set_bytes(pool.bytes());
-  kv->set_dtype(absl::AsciiStrToLower(DTypeName(pool.dtype())));
+  kv->set_dtype(std::string(KvDtypeName(pool.dtype())));
 
   info.set_policy(serving.policy);
   info.set_over_budget(serving.over_budget);

@@ -468,7 +468,7 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& directory,
   return model;
 }
 
-std::unique_ptr<KvPool> Model::NewKvPool(int64_t num_blocks, int block_tokens, DType dtype) const {
+std::unique_ptr<KvPool> Model::NewKvPool(int64_t num_blocks, int block_tokens, KvDtype dtype) const {
   return std::make_unique<KvPool>(num_kv_layers_, config_.num_kv_heads, config_.head_dim, block_tokens, num_blocks,
                                   dtype);
 }

@@ -88,7 +88,7 @@ class Model {
   // A pool of `num_blocks` KV blocks of `block_tokens` positions for this
   // model's caches: one pool layer per layer that owns K/V in the full model
   // (a slice's owners are a subset: skipping never moves a K/V source).
-  std::unique_ptr<KvPool> NewKvPool(int64_t num_blocks, int block_tokens = 16, DType dtype = DType::kF32) const;
+  std::unique_ptr<KvPool> NewKvPool(int64_t num_blocks, int block_tokens = 16, KvDtype dtype = KvDtype::kF32) const;
   // Pool layers of NewKvPool: how many, and which one holds layer l's K/V (-1: none).
   int num_kv_layers() const { return num_kv_layers_; }
   int kv_pool_layer(int layer) const { return kv_pool_layer_[layer]; }

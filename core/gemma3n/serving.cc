@@ -185,7 +185,7 @@ absl::StatusOr<std::unique_ptr<ServingModel>> ServingModel::Create(std::shared_p
     serving->eos_.insert(end_of_turn->front());
   }
   serving->kv_pool_ = model->NewKvPool(options.kv_blocks, options.kv_block_tokens,
-                                       options.kv_dtype.value_or(serving->serving_config_.dtype));
+                                       options.kv_dtype.value_or(KvDtypeOf(serving->serving_config_.dtype)));
   serving->ple_cache_ =
       std::make_unique<PleCache>(int64_t{c.num_layers} * c.hidden_size_per_layer_input, options.ple_cache_bytes);
   serving->model_ = std::move(model);

@@ -30,7 +30,8 @@ void PagedAttentionAvx512(const KvPool& pool, absl::Span<const int32_t> blocks, 
 // The kernel over the vector type V: V::Vec holds V::kLanes floats in one of
 // V::kRegisters vector registers; V has Zero, Set1, Load, Store,
 // LoadBf16Pair(p, even, odd) (2 x kLanes bf16 of a paired tile, KvPool,
-// widened: the even elements and the odd ones), Broadcast (from memory),
+// widened: the even elements and the odd ones), LoadInt8 (kLanes int8
+// widened), Broadcast (from memory),
 // Fmadd, Mul, Add, Sub, Max, Exp, ReduceMax, ReduceSum, First (lane 0) and
 // KeepInRange(v, slot, lo, hi, otherwise): lane i of v where slot + i is in
 // [lo, hi), else `otherwise`.
@@ -42,9 +43,11 @@ void PagedAttentionAvx512(const KvPool& pool, absl::Span<const int32_t> blocks, 
 // query for the whole span (the reductions and the rescale, a latency chain,
 // once per 64 keys rather than per block), then the span's values are
 // accumulated for the 4 queries at once (a value vector feeds 4 FMAs).
-// A bf16 pool is read as bf16: a load of a pair row and one instruction per
-// row widen it in registers (widening each span to f32 once for all the
-// chunks of a prefill was slower: 38 vs 33 ms at 512 tokens, attention_bench).
+// A bf16 or int8 pool is read as stored and widened in registers (widening
+// each bf16 span to f32 once for all the chunks of a prefill was slower: 38
+// vs 33 ms at 512 tokens, attention_bench). An int8 pool's scales multiply
+// the 16 scores of a key group and, after the softmax update, the weights of
+// the values.
 template <typename V>
 struct PagedAttentionKernel {
   using Vec = typename V::Vec;
@@ -65,13 +68,14 @@ struct PagedAttentionKernel {
     float sum = 0.0f;
   };
 
-  // The blocks of one span as the pool's tiles of T (f32, or bf16 pairs), and the
-  // slots [lo, hi) of each that each query of the chunk sees; [first, last)
-  // is their union over the chunk.
+  // The blocks of one span as the pool's tiles of T (f32, bf16 pairs or
+  // int8) with an int8 pool's scales, and the slots [lo, hi) of each that
+  // each query of the chunk sees; [first, last) is their union over the chunk.
   template <typename T>
   struct Span {
     int blocks = 0;
     std::vector<const T*> keys, values;
+    std::vector<const float*> key_scales, value_scales;  // int8 only
     std::vector<int> lo, hi;  // [query * blocks + block]
     std::vector<int> first, last;
     // Tiles to fetch while block b is scored (decode), null or empty for none.
@@ -79,13 +83,31 @@ struct PagedAttentionKernel {
     int64_t prefetch_bytes = 0;
   };
 
-  // scores[q][0, 16) = queries[q] · keys[:, slot + [0, 16)) for Q queries of
-  // head_dim (rows query_stride apart) against a key tile. Even and odd j sum
-  // apart (two FMA units of 4-cycle latency need 8 independent sums; a bf16
-  // tile hands out rows in pairs anyway).
+  // Rows a tile of T interleaves (KvPool::row_group).
+  template <typename T>
+  static constexpr int kRowGroup = std::is_same_v<T, uint16_t> ? 2 : 1;
+
+  // The kLanes-wide slice of the kRowGroup<T> rows interleaved at p, widened.
+  template <typename T>
+  static void LoadGroup(const T* p, Vec (&rows)[kRowGroup<T>]) {
+    if constexpr (std::is_same_v<T, float>) {
+      rows[0] = V::Load(p);
+    } else if constexpr (std::is_same_v<T, uint16_t>) {
+      V::LoadBf16Pair(p, rows[0], rows[1]);
+    } else {
+      rows[0] = V::LoadInt8(p);
+    }
+  }
+
+  // scores[q][0, 16) = queries[q] · keys[:, slot + [0, 16)) (times the keys'
+  // scales, when key_scales is not null) for Q queries of head_dim (rows
+  // query_stride apart) against a key tile. Even and odd j sum apart (two FMA
+  // units of 4-cycle latency need 8 independent sums; a bf16 tile hands out
+  // rows in pairs anyway).
   template <int Q, typename T>
-  static void ScoreGroup(const float* queries, int64_t query_stride, const T* tile, int slot, int64_t key_stride,
-                         int head_dim, float* scores, int64_t score_stride) {
+  static void ScoreGroup(const float* queries, int64_t query_stride, const T* tile, const float* key_scales, int slot,
+                         int64_t key_stride, int head_dim, float* scores, int64_t score_stride) {
+    constexpr int R = kRowGroup<T>;
     Vec sums[2][Q][kGroupVectors];
     for (int h = 0; h < 2; ++h) {
       for (int q = 0; q < Q; ++q) {
@@ -98,44 +120,33 @@ struct PagedAttentionKernel {
         for (int g = 0; g < kGroupVectors; ++g) sums[h][q][g] = V::Fmadd(qj, k[g], sums[h][q][g]);
       }
     };
-    // Rows j and j + 1 of the tile start here (a bf16 tile's pair row holds both).
-    auto rows = [&](int j) {
-      return std::is_same_v<T, float> ? tile + int64_t{j} * key_stride + slot
-                                      : tile + (int64_t{j / 2} * key_stride + slot) * 2;
-    };
-    auto load_rows = [&](const T* p, Vec (&even)[kGroupVectors], Vec (&odd)[kGroupVectors]) {
+    // Loads rows [j, j + R) (R divides j): rows[r][g] is row j + r at slots slot + g * kLanes.
+    auto load_group = [&](int j, Vec (*rows)[kGroupVectors]) {
+      const T* group = tile + (int64_t{j / R} * key_stride + slot) * R;
       for (int g = 0; g < kGroupVectors; ++g) {
-        if constexpr (std::is_same_v<T, float>) {
-          even[g] = V::Load(p + g * kLanes);
-          odd[g] = V::Load(p + key_stride + g * kLanes);
-        } else {
-          V::LoadBf16Pair(p + g * kLanes * 2, even[g], odd[g]);
-        }
+        Vec loaded[R];
+        LoadGroup(group + g * kLanes * R, loaded);
+        for (int r = 0; r < R; ++r) rows[r][g] = loaded[r];
       }
     };
     const int pairs_end = head_dim / 2 * 2;
 #pragma GCC unroll 4
     for (int j = 0; j < pairs_end; j += 2) {
-      Vec even[kGroupVectors], odd[kGroupVectors];
-      load_rows(rows(j), even, odd);
-      add_row(0, j, even);
-      add_row(1, j + 1, odd);
+      Vec rows[2][kGroupVectors];
+      for (int r = 0; r < 2; r += R) load_group(j + r, rows + r);
+      add_row(0, j, rows[0]);
+      add_row(1, j + 1, rows[1]);
     }
     if (pairs_end < head_dim) {  // odd head_dim: the last row alone (a bf16 pair's odd half is padding)
-      Vec even[kGroupVectors];
-      for (int g = 0; g < kGroupVectors; ++g) {
-        if constexpr (std::is_same_v<T, float>) {
-          even[g] = V::Load(rows(pairs_end) + g * kLanes);
-        } else {
-          Vec unused;
-          V::LoadBf16Pair(rows(pairs_end) + g * kLanes * 2, even[g], unused);
-        }
-      }
-      add_row(0, pairs_end, even);
+      Vec rows[R][kGroupVectors];
+      load_group(pairs_end, rows);
+      add_row(0, pairs_end, rows[0]);
     }
     for (int q = 0; q < Q; ++q) {
       for (int g = 0; g < kGroupVectors; ++g) {
-        V::Store(scores + q * score_stride + g * kLanes, V::Add(sums[0][q][g], sums[1][q][g]));
+        Vec score = V::Add(sums[0][q][g], sums[1][q][g]);
+        if (key_scales != nullptr) score = V::Mul(score, V::Load(key_scales + slot + g * kLanes));
+        V::Store(scores + q * score_stride + g * kLanes, score);
       }
     }
   }
@@ -144,6 +155,7 @@ struct PagedAttentionKernel {
   // slots of weights[q][slot] * values[slot][0, N lanes), for Q queries. A
   // bf16 tile gives its slots in pairs: an odd first or last slot brings its
   // neighbour, whose weight FoldSpan has set to 0 (same vector of scores).
+  // An int8 tile's value scales are already in the weights (ScaleWeights).
   template <int Q, int N, typename T>
   static void AccumulateValues(const Span<T>& span, int key_stride, int64_t value_stride, int64_t offset,
                                const float* weights, int64_t weight_stride, const float* rescale, float* acc) {
@@ -161,21 +173,15 @@ struct PagedAttentionKernel {
     for (int b = 0; b < span.blocks; ++b) {
       const T* values = span.values[b];
       const float* block_weights = weights + b * key_stride;
-      if constexpr (std::is_same_v<T, float>) {
-        for (int slot = span.first[b]; slot < span.last[b]; ++slot) {
-          Vec value[N];
-          for (int n = 0; n < N; ++n) value[n] = V::Load(values + slot * value_stride + offset + n * kLanes);
-          add_slot(block_weights + slot, value);
+      constexpr int R = kRowGroup<T>;
+      for (int slot = span.first[b] / R * R; slot < span.last[b]; slot += R) {
+        Vec rows[R][N];
+        for (int n = 0; n < N; ++n) {
+          Vec loaded[R];
+          LoadGroup(values + (slot / R * value_stride + offset + n * kLanes) * R, loaded);
+          for (int r = 0; r < R; ++r) rows[r][n] = loaded[r];
         }
-      } else {
-        for (int slot = span.first[b] / 2 * 2; slot < span.last[b]; slot += 2) {
-          Vec even[N], odd[N];
-          for (int n = 0; n < N; ++n) {
-            V::LoadBf16Pair(values + (slot / 2 * value_stride + offset + n * kLanes) * 2, even[n], odd[n]);
-          }
-          add_slot(block_weights + slot, even);
-          add_slot(block_weights + slot + 1, odd);
-        }
+        for (int r = 0; r < R; ++r) add_slot(block_weights + slot + r, rows[r]);
       }
     }
     for (int q = 0; q < Q; ++q) {
@@ -201,8 +207,9 @@ struct PagedAttentionKernel {
   }
 
   // One query's online-softmax update for a span: its visible scores (rows of
-  // `scores`, blocks key_stride apart) become weights, invisible slots of the
-  // chunk's union 0; returns the factor that rescales its accumulator.
+  // `scores`, blocks key_stride apart) become weights (times their values'
+  // scales in an int8 span), invisible slots of the chunk's union 0; returns
+  // the factor that rescales its accumulator.
   template <typename T>
   static float FoldSpan(const Span<T>& span, int q, int key_stride, float* scores, QueryState& state) {
     const int* lo = span.lo.data() + q * span.blocks;
@@ -220,8 +227,8 @@ struct PagedAttentionKernel {
       for (int slot = span.first[b] / kLanes * kLanes; slot < span.last[b]; slot += kLanes) {
         float* s = scores + b * key_stride + slot;
         const Vec weight = V::KeepInRange(V::Exp(V::Sub(V::Load(s), V::Set1(new_max))), slot, lo[b], hi[b], 0.0f);
-        V::Store(s, weight);
         span_sum = V::Add(span_sum, weight);
+        V::Store(s, span.value_scales.empty() ? weight : V::Mul(weight, V::Load(span.value_scales[b] + slot)));
       }
     }
     if (new_max == -INFINITY) return 1.0f;  // sees nothing yet: its weights are all 0
@@ -240,8 +247,8 @@ struct PagedAttentionKernel {
     for (int b = 0; b < span.blocks; ++b) {
       if (!span.prefetch.empty() && span.prefetch[b] != nullptr) Prefetch(span.prefetch[b], span.prefetch_bytes);
       for (int slot = span.first[b] / kGroupSlots * kGroupSlots; slot < span.last[b]; slot += kGroupSlots) {
-        ScoreGroup<Q>(queries, head_dim, span.keys[b], slot, key_stride, head_dim, scores + b * key_stride + slot,
-                      score_stride);
+        ScoreGroup<Q>(queries, head_dim, span.keys[b], span.key_scales.empty() ? nullptr : span.key_scales[b], slot,
+                      key_stride, head_dim, scores + b * key_stride + slot, score_stride);
       }
     }
     float rescale[Q];
@@ -324,9 +331,17 @@ struct PagedAttentionKernel {
       span.blocks = blocks_in_span;
       span.keys.resize(blocks_in_span);
       span.values.resize(blocks_in_span);
+      const bool scaled_tiles = pool.dtype() == KvDtype::kInt8;
+      span.key_scales.resize(scaled_tiles ? blocks_in_span : 0);
+      span.value_scales.resize(scaled_tiles ? blocks_in_span : 0);
       for (int b = 0; b < blocks_in_span; ++b) {
-        span.keys[b] = pool.KeyTile<T>(blocks[span_first + b], pool_layer, kv_head);
-        span.values[b] = pool.ValueTile<T>(blocks[span_first + b], pool_layer, kv_head);
+        const int32_t block = blocks[span_first + b];
+        span.keys[b] = pool.KeyTile<T>(block, pool_layer, kv_head);
+        span.values[b] = pool.ValueTile<T>(block, pool_layer, kv_head);
+        if (scaled_tiles) {
+          span.key_scales[b] = pool.KeyScales(block, pool_layer, kv_head);
+          span.value_scales[b] = pool.ValueScales(block, pool_layer, kv_head);
+        }
       }
       for (int64_t chunk = 0; chunk < count; chunk += kChunkQueries) {
         const int in_chunk = static_cast<int>(std::min<int64_t>(kChunkQueries, count - chunk));
@@ -367,10 +382,10 @@ struct PagedAttentionKernel {
 
   static void Run(const KvPool& pool, absl::Span<const int32_t> blocks, int pool_layer, int kv_head,
                   const AttentionQueries& queries, float scale, int64_t window) {
-    if (pool.dtype() == DType::kBF16) {
-      RunOn<uint16_t>(pool, blocks, pool_layer, kv_head, queries, scale, window);
-    } else {
-      RunOn<float>(pool, blocks, pool_layer, kv_head, queries, scale, window);
+    switch (pool.dtype()) {
+      case KvDtype::kF32: RunOn<float>(pool, blocks, pool_layer, kv_head, queries, scale, window); break;
+      case KvDtype::kBF16: RunOn<uint16_t>(pool, blocks, pool_layer, kv_head, queries, scale, window); break;
+      case KvDtype::kInt8: RunOn<int8_t>(pool, blocks, pool_layer, kv_head, queries, scale, window); break;
     }
   }
 };

@@ -1,6 +1,7 @@
 #include "core/kv/kv_cache.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "absl/strings/str_cat.h"
 #include "core/kernels/ops.h"
@@ -8,20 +9,85 @@
 
 namespace matformer {
 
-KvPool::KvPool(int num_layers, int num_kv_heads, int head_dim, int block_tokens, int64_t num_blocks, DType dtype)
+namespace {
+
+int RowGroup(KvDtype dtype) {
+  switch (dtype) {
+    case KvDtype::kF32: return 1;
+    case KvDtype::kBF16: return 2;
+    case KvDtype::kInt8: return 1;
+  }
+  return 1;
+}
+
+int64_t ElementBytes(KvDtype dtype) {
+  switch (dtype) {
+    case KvDtype::kF32: return 4;
+    case KvDtype::kBF16: return 2;
+    case KvDtype::kInt8: return 1;
+  }
+  return 4;
+}
+
+int64_t KeyStride(int block_tokens) { return RoundUp(block_tokens, KvPool::kKeySlotMultiple); }
+
+// An int8 tile's scales: one float per key slot.
+int64_t ScaleBytes(int block_tokens, KvDtype dtype) {
+  return dtype == KvDtype::kInt8 ? KeyStride(block_tokens) * int64_t{sizeof(float)} : 0;
+}
+
+int64_t KeyTileBytes(int head_dim, int block_tokens, KvDtype dtype) {
+  return RoundUp(head_dim, RowGroup(dtype)) * KeyStride(block_tokens) * ElementBytes(dtype) +
+         ScaleBytes(block_tokens, dtype);
+}
+
+int64_t ValueTileBytes(int head_dim, int block_tokens, KvDtype dtype) {
+  return RoundUp(block_tokens, RowGroup(dtype)) * RoundUp(head_dim, KvPool::kValueDimMultiple) * ElementBytes(dtype) +
+         ScaleBytes(block_tokens, dtype);
+}
+
+// Symmetric int8: x ~ scale * round(x / scale) with scale = max |x| / 127.
+float Int8Scale(const float* x, int n) {
+  float largest = 0.0f;
+  for (int i = 0; i < n; ++i) largest = std::max(largest, std::abs(x[i]));
+  return largest / 127.0f;
+}
+
+int8_t ToInt8(float x, float inverse_scale) {
+  return static_cast<int8_t>(std::clamp(std::lrint(x * inverse_scale), -127L, 127L));
+}
+
+}  // namespace
+
+absl::string_view KvDtypeName(KvDtype dtype) {
+  switch (dtype) {
+    case KvDtype::kF32: return "f32";
+    case KvDtype::kBF16: return "bf16";
+    case KvDtype::kInt8: return "int8";
+  }
+  return "?";
+}
+
+KvDtype KvDtypeOf(DType weights) { return weights == DType::kBF16 ? KvDtype::kBF16 : KvDtype::kF32; }
+
+int64_t KvPool::BlockBytes(int num_layers, int num_kv_heads, int head_dim, int block_tokens, KvDtype dtype) {
+  return int64_t{num_layers} * num_kv_heads *
+         (KeyTileBytes(head_dim, block_tokens, dtype) + ValueTileBytes(head_dim, block_tokens, dtype));
+}
+
+KvPool::KvPool(int num_layers, int num_kv_heads, int head_dim, int block_tokens, int64_t num_blocks, KvDtype dtype)
     : num_layers_(num_layers),
       num_kv_heads_(num_kv_heads),
       head_dim_(head_dim),
       block_tokens_(block_tokens),
-      key_stride_(static_cast<int>(RoundUp(block_tokens, kKeySlotMultiple))),
+      key_stride_(static_cast<int>(KeyStride(block_tokens))),
       value_stride_(static_cast<int>(RoundUp(head_dim, kValueDimMultiple))),
       dtype_(dtype),
-      element_bytes_(static_cast<int64_t>(DTypeSize(dtype))),
+      row_group_(RowGroup(dtype)),
       num_blocks_(num_blocks),
-      key_tile_elements_((dtype == DType::kBF16 ? RoundUp(head_dim, 2) : head_dim) * key_stride_),
-      value_tile_elements_((dtype == DType::kBF16 ? RoundUp(block_tokens, 2) : block_tokens) * value_stride_),
-      storage_(static_cast<size_t>(int64_t{num_layers} * num_kv_heads * num_blocks *
-                                   (key_tile_elements_ + value_tile_elements_) * element_bytes_)) {
+      key_tile_bytes_(KeyTileBytes(head_dim, block_tokens, dtype)),
+      value_tile_bytes_(ValueTileBytes(head_dim, block_tokens, dtype)),
+      storage_(static_cast<size_t>(num_blocks * BlockBytes(num_layers, num_kv_heads, head_dim, block_tokens, dtype))) {
   if (num_blocks > 0) AddRun(0, static_cast<int32_t>(num_blocks));
 }
 
@@ -99,26 +165,53 @@ void KvPool::RemoveRun(int32_t start, int32_t length) {
 
 int64_t KvPool::KeyOffset(int32_t block, int layer, int kv_head) const {
   return ((static_cast<int64_t>(layer) * num_kv_heads_ + kv_head) * num_blocks_ + block) *
-         (key_tile_elements_ + value_tile_elements_);
+         (key_tile_bytes_ + value_tile_bytes_);
 }
 
 int64_t KvPool::ValueOffset(int32_t block, int layer, int kv_head) const {
-  return KeyOffset(block, layer, kv_head) + key_tile_elements_;
+  return KeyOffset(block, layer, kv_head) + key_tile_bytes_;
+}
+
+const float* KvPool::KeyScales(int32_t block, int layer, int kv_head) const {
+  if (dtype_ != KvDtype::kInt8) return nullptr;
+  return reinterpret_cast<const float*>(storage_.data() + ValueOffset(block, layer, kv_head) -
+                                        ScaleBytes(block_tokens_, dtype_));
+}
+
+const float* KvPool::ValueScales(int32_t block, int layer, int kv_head) const {
+  if (dtype_ != KvDtype::kInt8) return nullptr;
+  return reinterpret_cast<const float*>(storage_.data() + ValueOffset(block, layer, kv_head) + value_tile_bytes_ -
+                                        ScaleBytes(block_tokens_, dtype_));
 }
 
 void KvPool::Write(int32_t block, int layer, int kv_head, int slot, const float* key, const float* value) {
-  std::byte* keys = storage_.data() + KeyOffset(block, layer, kv_head) * element_bytes_;
-  std::byte* values = storage_.data() + ValueOffset(block, layer, kv_head) * element_bytes_;
-  auto write = [&](auto* key_tile, auto* value_tile, auto convert) {
+  std::byte* keys = storage_.data() + KeyOffset(block, layer, kv_head);
+  std::byte* values = storage_.data() + ValueOffset(block, layer, kv_head);
+  auto write = [&](auto* key_tile, auto* value_tile, auto convert_key, auto convert_value) {
     for (int j = 0; j < head_dim_; ++j) {
-      key_tile[KeyIndex(j, slot)] = convert(key[j]);
-      value_tile[ValueIndex(slot, j)] = convert(value[j]);
+      key_tile[KeyIndex(j, slot)] = convert_key(key[j]);
+      value_tile[ValueIndex(slot, j)] = convert_value(value[j]);
     }
   };
-  if (dtype_ == DType::kBF16) {
-    write(reinterpret_cast<uint16_t*>(keys), reinterpret_cast<uint16_t*>(values), F32ToBf16);
-  } else {
-    write(reinterpret_cast<float*>(keys), reinterpret_cast<float*>(values), [](float x) { return x; });
+  switch (dtype_) {
+    case KvDtype::kF32: {
+      auto same = [](float x) { return x; };
+      write(reinterpret_cast<float*>(keys), reinterpret_cast<float*>(values), same, same);
+      break;
+    }
+    case KvDtype::kBF16:
+      write(reinterpret_cast<uint16_t*>(keys), reinterpret_cast<uint16_t*>(values), F32ToBf16, F32ToBf16);
+      break;
+    case KvDtype::kInt8: {
+      const float key_scale = Int8Scale(key, head_dim_), value_scale = Int8Scale(value, head_dim_);
+      const float key_inverse = key_scale > 0 ? 1.0f / key_scale : 0.0f;
+      const float value_inverse = value_scale > 0 ? 1.0f / value_scale : 0.0f;
+      write(reinterpret_cast<int8_t*>(keys), reinterpret_cast<int8_t*>(values),
+            [&](float x) { return ToInt8(x, key_inverse); }, [&](float x) { return ToInt8(x, value_inverse); });
+      const_cast<float*>(KeyScales(block, layer, kv_head))[slot] = key_scale;
+      const_cast<float*>(ValueScales(block, layer, kv_head))[slot] = value_scale;
+      break;
+    }
   }
 }
 
@@ -126,11 +219,12 @@ KvSequence::~KvSequence() {
   if (!blocks_.empty()) pool_->Free(blocks_);
 }
 
-absl::StatusOr<std::optional<DType>> ParseKvDtype(absl::string_view kv_dtype) {
+absl::StatusOr<std::optional<KvDtype>> ParseKvDtype(absl::string_view kv_dtype) {
   if (kv_dtype == "auto") return std::nullopt;
-  if (kv_dtype == "f32") return DType::kF32;
-  if (kv_dtype == "bf16") return DType::kBF16;
-  return absl::InvalidArgumentError(absl::StrCat("kv_dtype=", kv_dtype, ": expected auto, f32 or bf16"));
+  for (KvDtype dtype : {KvDtype::kF32, KvDtype::kBF16, KvDtype::kInt8}) {
+    if (kv_dtype == KvDtypeName(dtype)) return dtype;
+  }
+  return absl::InvalidArgumentError(absl::StrCat("kv_dtype=", kv_dtype, ": expected auto, f32, bf16 or int8"));
 }
 
 absl::Status CheckKvPoolOptions(int64_t num_blocks, int block_tokens) {

@@ -41,20 +41,35 @@ namespace matformer {
 // the first few sequences already make most of its huge pages resident; the
 // pool is sized (--kv_blocks) for the load it must hold anyway.
 //
-// Keys and values are stored in f32 or bf16 (`dtype`); in bf16 the pool is
-// half the size and attention reads half the bytes (rounded to nearest even
-// when written, widened exactly when read). bf16 tiles interleave pairs of
-// rows, so that one vector load holds 2 rows of 16 and each widens to f32 in
-// one instruction (a shift for the even row, a mask for the odd one): keys
-// [head_dim / 2][key_stride][2], values [block_tokens / 2][value_stride][2],
-// the halved dimension rounded up (KeyIndex, ValueIndex).
+// Keys and values are stored in f32, bf16 or int8 (`dtype`). In bf16 the
+// pool is half the size and attention reads half the bytes (rounded to
+// nearest even when written, widened exactly when read). bf16 tiles
+// interleave pairs of rows, so that one vector load holds 2 rows of 16 and
+// each widens to f32 in one instruction (a shift for the even row, a mask for
+// the odd one): keys [head_dim / 2][key_stride][2], values
+// [block_tokens / 2][value_stride][2], the halved dimension rounded up
+// (KeyIndex, ValueIndex; row_group() is 2). In int8 the pool is a quarter of
+// f32 plus one f32 scale per (position, kv head) for its key and one for its
+// value: symmetric, scale = max |x| / 127 over the head_dim values (llama.cpp's
+// q8_0 with one block per head vector). Tiles keep the f32 layout (a row of 16
+// int8 widens in one sign-extending load and one conversion), an int8 key tile
+// is followed by its key_stride key scales and a value tile by key_stride
+// value scales (KeyScales, ValueScales); attention multiplies a score by its
+// key's scale and a softmax weight by its value's.
+enum class KvDtype { kF32, kBF16, kInt8 };
+absl::string_view KvDtypeName(KvDtype dtype);  // "f32", "bf16", "int8"
+// The storage "auto" means: the weights' dtype.
+KvDtype KvDtypeOf(DType weights);
+
 class KvPool {
  public:
   static constexpr int kKeySlotMultiple = 16;
   static constexpr int kValueDimMultiple = 16;
 
   KvPool(int num_layers, int num_kv_heads, int head_dim, int block_tokens, int64_t num_blocks,
-         DType dtype = DType::kF32);
+         KvDtype dtype = KvDtype::kF32);
+  // The bytes one block takes in a pool of this shape (every layer and head).
+  static int64_t BlockBytes(int num_layers, int num_kv_heads, int head_dim, int block_tokens, KvDtype dtype);
 
   int num_layers() const { return num_layers_; }
   int num_kv_heads() const { return num_kv_heads_; }
@@ -62,7 +77,9 @@ class KvPool {
   int block_tokens() const { return block_tokens_; }
   int key_stride() const { return key_stride_; }
   int value_stride() const { return value_stride_; }
-  DType dtype() const { return dtype_; }
+  KvDtype dtype() const { return dtype_; }
+  // Rows interleaved in one group of a tile: 2 for bf16, else 1.
+  int row_group() const { return row_group_; }
   int64_t num_blocks() const { return num_blocks_; }
   int64_t free_blocks() const;
   int64_t used_blocks() const { return num_blocks_ - free_blocks(); }
@@ -78,29 +95,32 @@ class KvPool {
   void Write(int32_t block, int layer, int kv_head, int slot, const float* key, const float* value);
   // The key tile [head_dim][key_stride] and value tile [block_tokens][value_stride]
   // as stored: T is float for an f32 pool, uint16_t (bf16 bits, pairs
-  // interleaved) for a bf16 one.
+  // interleaved) for a bf16 one, int8_t for an int8 one.
   template <typename T>
   const T* KeyTile(int32_t block, int layer, int kv_head) const {
-    return reinterpret_cast<const T*>(storage_.data() + KeyOffset(block, layer, kv_head) * element_bytes_);
+    return reinterpret_cast<const T*>(storage_.data() + KeyOffset(block, layer, kv_head));
   }
   template <typename T>
   const T* ValueTile(int32_t block, int layer, int kv_head) const {
-    return reinterpret_cast<const T*>(storage_.data() + ValueOffset(block, layer, kv_head) * element_bytes_);
+    return reinterpret_cast<const T*>(storage_.data() + ValueOffset(block, layer, kv_head));
   }
+  // An int8 pool's scales of the slots' keys and values (key_stride each, 0
+  // for unwritten slots); null for other pools.
+  const float* KeyScales(int32_t block, int layer, int kv_head) const;
+  const float* ValueScales(int32_t block, int layer, int kv_head) const;
   // Where element (dim j, slot) of a key tile and (slot, dim j) of a value tile are.
   int64_t KeyIndex(int j, int slot) const {
-    return dtype_ == DType::kBF16 ? (int64_t{j / 2} * key_stride_ + slot) * 2 + j % 2
-                                  : int64_t{j} * key_stride_ + slot;
+    return (int64_t{j / row_group_} * key_stride_ + slot) * row_group_ + j % row_group_;
   }
   int64_t ValueIndex(int slot, int j) const {
-    return dtype_ == DType::kBF16 ? (int64_t{slot / 2} * value_stride_ + j) * 2 + slot % 2
-                                  : int64_t{slot} * value_stride_ + j;
+    return (int64_t{slot / row_group_} * value_stride_ + j) * row_group_ + slot % row_group_;
   }
-  int64_t key_tile_bytes() const { return key_tile_elements_ * element_bytes_; }
-  int64_t value_tile_bytes() const { return value_tile_elements_ * element_bytes_; }
+  // A tile's bytes, an int8 tile's scales included.
+  int64_t key_tile_bytes() const { return key_tile_bytes_; }
+  int64_t value_tile_bytes() const { return value_tile_bytes_; }
 
  private:
-  // In elements from the start of the storage.
+  // In bytes from the start of the storage.
   int64_t KeyOffset(int32_t block, int layer, int kv_head) const;
   int64_t ValueOffset(int32_t block, int layer, int kv_head) const;
   // The free-run bookkeeping; mutex_ held.
@@ -111,10 +131,10 @@ class KvPool {
   void RemoveRun(int32_t start, int32_t length);
 
   const int num_layers_, num_kv_heads_, head_dim_, block_tokens_, key_stride_, value_stride_;
-  const DType dtype_;
-  const int64_t element_bytes_;
+  const KvDtype dtype_;
+  const int row_group_;
   const int64_t num_blocks_;
-  const int64_t key_tile_elements_, value_tile_elements_;
+  const int64_t key_tile_bytes_, value_tile_bytes_;
   HugePageArray<std::byte> storage_;  // [layer][kv_head][block][key tile, value tile]
   // std::mutex rather than absl::Mutex: ThreadSanitizer cannot see into
   // Debian's prebuilt (uninstrumented) Abseil, and these structures are the
@@ -127,9 +147,9 @@ class KvPool {
   int64_t free_count_ = 0;
 };
 
-// A KV storage option as flags spell it: "f32", "bf16", or "auto" (nullopt:
-// the model's weight dtype). The error reads "kv_dtype=<value>: expected ...".
-absl::StatusOr<std::optional<DType>> ParseKvDtype(absl::string_view kv_dtype);
+// A KV storage option as flags spell it: "f32", "bf16", "int8", or "auto"
+// (nullopt: the model's weight dtype). The error reads "kv_dtype=<value>: expected ...".
+absl::StatusOr<std::optional<KvDtype>> ParseKvDtype(absl::string_view kv_dtype);
 
 // Checks a pool's size options: block_tokens in [1, 1024], num_blocks in
 // [1, 2^24]; the error names the option.

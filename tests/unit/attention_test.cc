@@ -27,7 +27,7 @@ struct Shape {
 // instruction set) or one instruction set's kernel over all tokens at once.
 enum class Path { kStep, kAvx2, kAvx512 };
 
-class PagedAttentionTest : public testing::TestWithParam<std::tuple<Shape, DType, Path>> {};
+class PagedAttentionTest : public testing::TestWithParam<std::tuple<Shape, KvDtype, Path>> {};
 
 // Softmax attention in double precision, position by position.
 std::vector<float> Reference(const std::vector<std::vector<float>>& keys, const std::vector<std::vector<float>>& values,
@@ -76,9 +76,19 @@ TEST_P(PagedAttentionTest, MatchesSoftmaxAttentionForEveryQuery) {
       for (float& x : value) x = normal(rng);
       pool.Write(sequence.BlockOf(p), kLayer, g, sequence.SlotOf(p), key.data(), value.data());
       pool.Write(other.BlockOf(p), kLayer, g, other.SlotOf(p), value.data(), key.data());
-      if (dtype == DType::kBF16) {  // the reference sees what the pool stores
+      // The reference sees what the pool stores.
+      if (dtype == KvDtype::kBF16) {
         for (float& x : key) x = Bf16ToF32(F32ToBf16(x));
         for (float& x : value) x = Bf16ToF32(F32ToBf16(x));
+      } else if (dtype == KvDtype::kInt8) {
+        const int32_t block = sequence.BlockOf(p);
+        const int slot = sequence.SlotOf(p);
+        const int8_t* key_tile = pool.KeyTile<int8_t>(block, kLayer, g);
+        const int8_t* value_tile = pool.ValueTile<int8_t>(block, kLayer, g);
+        for (int j = 0; j < shape.head_dim; ++j) {
+          key[j] = key_tile[pool.KeyIndex(j, slot)] * pool.KeyScales(block, kLayer, g)[slot];
+          value[j] = value_tile[pool.ValueIndex(slot, j)] * pool.ValueScales(block, kLayer, g)[slot];
+        }
       }
       keys[g].push_back(key);
       values[g].push_back(value);
@@ -114,7 +124,7 @@ TEST_P(PagedAttentionTest, MatchesSoftmaxAttentionForEveryQuery) {
       }
     }
   }
-  EXPECT_LT(worst, 2e-5) << DTypeName(dtype) << " head_dim " << shape.head_dim << " block " << shape.block_tokens << " heads "
+  EXPECT_LT(worst, 2e-5) << KvDtypeName(dtype) << " head_dim " << shape.head_dim << " block " << shape.block_tokens << " heads "
                          << shape.heads << " window " << shape.window;
   for (int64_t i = 0; i < kFirstRow * row; ++i) ASSERT_TRUE(std::isnan(out[i])) << "row outside the segment written";
 }
@@ -125,7 +135,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, PagedAttentionTest,
                                                           Shape{72, 32, 2, 0}, Shape{16, 7, 2, 9},
                                                           Shape{256, 16, 2, 50}, Shape{9, 5, 3, 0},
                                                           Shape{33, 3, 4, 7}),
-                                          testing::Values(DType::kF32, DType::kBF16),
+                                          testing::Values(KvDtype::kF32, KvDtype::kBF16, KvDtype::kInt8),
                                           testing::Values(Path::kStep, Path::kAvx2, Path::kAvx512)));
 
 }  // namespace

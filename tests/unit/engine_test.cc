@@ -145,24 +145,29 @@ TEST_P(EngineTest, StageProfileChargesEveryStageOfAStep) {
   EXPECT_EQ(profile.seconds, before.seconds);
 }
 
-// --kv_dtype: a bf16 pool on an f32 model is half the size, really rounds
-// (the logits move), and stays within the parity test's bf16 budget (two bf16
-// ulps of the logit scale) of the f32 pool after a prefill and decode steps.
-TEST(EngineKvDtypeTest, Bf16PoolIsHalfTheSizeAndCloseToF32) {
+// --kv_dtype: narrower pools on an f32 model are smaller, really round (the
+// logits move), and stay within a budget of the f32 pool after a prefill and
+// decode steps: bf16, the parity test's bf16 budget (two bf16 ulps of the
+// logit scale); int8, whose step is 1/254 of a head vector's largest element
+// rather than 1/512 of each element, four times that.
+TEST(EngineKvDtypeTest, NarrowPoolsAreSmallerAndCloseToF32) {
   const std::shared_ptr<const Model> model = LoadTinyModel(DType::kF32);
   ASSERT_NE(model, nullptr);
-  auto f32 = *Engine::Create(model, {.kv_blocks = 16, .kv_block_tokens = 16, .kv_dtype = DType::kF32});
-  auto bf16 = *Engine::Create(model, {.kv_blocks = 16, .kv_block_tokens = 16, .kv_dtype = DType::kBF16});
+  auto f32 = *Engine::Create(model, {.kv_blocks = 16, .kv_block_tokens = 16, .kv_dtype = KvDtype::kF32});
+  auto bf16 = *Engine::Create(model, {.kv_blocks = 16, .kv_block_tokens = 16, .kv_dtype = KvDtype::kBF16});
+  auto int8 = *Engine::Create(model, {.kv_blocks = 16, .kv_block_tokens = 16, .kv_dtype = KvDtype::kInt8});
   auto automatic = *Engine::Create(model, {.kv_blocks = 16, .kv_block_tokens = 16});
-  EXPECT_EQ(f32->kv_pool().dtype(), DType::kF32);
-  EXPECT_EQ(bf16->kv_pool().dtype(), DType::kBF16);
-  EXPECT_EQ(automatic->kv_pool().dtype(), DType::kF32);  // the model's dtype
+  EXPECT_EQ(f32->kv_pool().dtype(), KvDtype::kF32);
+  EXPECT_EQ(bf16->kv_pool().dtype(), KvDtype::kBF16);
+  EXPECT_EQ(int8->kv_pool().dtype(), KvDtype::kInt8);
+  EXPECT_EQ(automatic->kv_pool().dtype(), KvDtype::kF32);  // the model's dtype
   EXPECT_EQ(bf16->kv_pool().bytes() * 2, f32->kv_pool().bytes());
+  EXPECT_LT(int8->kv_pool().bytes() * 3, f32->kv_pool().bytes());
 
   const SubmodelSpec spec = *SubmodelSpec::Parse(model->config(), "XL");
-  std::vector<float> last[2];
-  Engine* engines[2] = {f32.get(), bf16.get()};
-  for (int e = 0; e < 2; ++e) {
+  std::vector<float> last[3];
+  Engine* engines[3] = {f32.get(), bf16.get(), int8.get()};
+  for (int e = 0; e < 3; ++e) {
     auto sequence = engines[e]->NewSequence(spec);
     const std::vector<int32_t> prompt = Tokens(40, 3);
     StepInput input{sequence.get(), prompt};
@@ -177,9 +182,13 @@ TEST(EngineKvDtypeTest, Bf16PoolIsHalfTheSizeAndCloseToF32) {
   }
   float scale = 0.0f;
   for (float v : last[0]) scale = std::max(scale, std::abs(v));
-  const float difference = MaxAbsDifference(last[0].data(), last[1].data(), model->config().vocab_size);
-  EXPECT_GT(difference, 0.0f);
-  EXPECT_LT(difference, scale * 0x1p-7f) << "logit scale " << scale;
+  const int64_t vocab = model->config().vocab_size;
+  const float bf16_difference = MaxAbsDifference(last[0].data(), last[1].data(), vocab);
+  const float int8_difference = MaxAbsDifference(last[0].data(), last[2].data(), vocab);
+  EXPECT_GT(bf16_difference, 0.0f);
+  EXPECT_LT(bf16_difference, scale * 0x1p-7f) << "logit scale " << scale;
+  EXPECT_GT(int8_difference, 0.0f);
+  EXPECT_LT(int8_difference, scale * 0x1p-5f) << "logit scale " << scale;
 }
 
 TEST_P(EngineTest, KvBlocksReturnToThePoolAndExhaustionIsAnError) {

@@ -128,7 +128,7 @@ TEST(KvPoolTest, KeysAndValuesOfDifferentSlotsDoNotAlias) {
 }
 
 TEST(KvPoolTest, Bf16PoolIsHalfTheSizeAndStoresTheRoundedValues) {
-  KvPool f32(2, 2, 8, 16, 4, DType::kF32), bf16(2, 2, 8, 16, 4, DType::kBF16);
+  KvPool f32(2, 2, 8, 16, 4, KvDtype::kF32), bf16(2, 2, 8, 16, 4, KvDtype::kBF16);
   EXPECT_EQ(bf16.bytes() * 2, f32.bytes());
   float key[8], value[8];
   for (int j = 0; j < 8; ++j) {
@@ -146,6 +146,51 @@ TEST(KvPoolTest, Bf16PoolIsHalfTheSizeAndStoresTheRoundedValues) {
     EXPECT_EQ(values[(2 * bf16.value_stride() + j) * 2 + 1], F32ToBf16(value[j]));
     EXPECT_EQ(values[bf16.ValueIndex(5, j)], F32ToBf16(value[j]));
   }
+}
+
+// int8: a quarter of f32 plus one f32 scale per slot for keys and one for
+// values; each element within half a step (max |x| / 254) of what was written,
+// the largest one exact; the scales stay apart per slot, layer and head.
+TEST(KvPoolTest, Int8PoolStoresEachHeadVectorWithinHalfAStep) {
+  constexpr int kHeadDim = 8, kBlockTokens = 16;
+  KvPool f32(2, 2, kHeadDim, kBlockTokens, 4, KvDtype::kF32), int8(2, 2, kHeadDim, kBlockTokens, 4, KvDtype::kInt8);
+  const int64_t scales = 2 * kBlockTokens * sizeof(float);  // key and value scales of a (block, layer, head)
+  EXPECT_EQ(int8.bytes(), f32.bytes() / 4 + 4 * 2 * 2 * scales);
+  EXPECT_EQ(int8.bytes(), static_cast<size_t>(4 * KvPool::BlockBytes(2, 2, kHeadDim, kBlockTokens, KvDtype::kInt8)));
+  float key[kHeadDim], value[kHeadDim], zero[kHeadDim] = {};
+  for (int j = 0; j < kHeadDim; ++j) {
+    key[j] = 0.37f * (j - 3) + 0.001f;
+    value[j] = -50.0f + 13.3f * j;
+  }
+  int8.Write(/*block=*/3, /*layer=*/1, /*kv_head=*/1, /*slot=*/5, key, value);
+  int8.Write(3, 1, 1, /*slot=*/6, zero, value);  // an all-zero vector: scale 0, no division by it
+  int8.Write(3, 1, 0, 5, value, key);            // the other head: its own scales
+  const float* key_scales = int8.KeyScales(3, 1, 1);
+  const float* value_scales = int8.ValueScales(3, 1, 1);
+  ASSERT_NE(key_scales, nullptr);
+  EXPECT_FLOAT_EQ(key_scales[5], (0.37f * 4 + 0.001f) / 127.0f);  // max |key| is key[7]
+  EXPECT_FLOAT_EQ(value_scales[5], 50.0f / 127.0f);
+  EXPECT_EQ(key_scales[6], 0.0f);
+  EXPECT_FLOAT_EQ(int8.KeyScales(3, 1, 0)[5], 50.0f / 127.0f);
+  const int8_t* keys = int8.KeyTile<int8_t>(3, 1, 1);
+  const int8_t* values = int8.ValueTile<int8_t>(3, 1, 1);
+  for (int j = 0; j < kHeadDim; ++j) {
+    EXPECT_EQ(keys[j * int8.key_stride() + 5], keys[int8.KeyIndex(j, 5)]);  // the f32 layout
+    EXPECT_NEAR(keys[int8.KeyIndex(j, 5)] * key_scales[5], key[j], key_scales[5] / 2 * 1.0001f) << j;
+    EXPECT_NEAR(values[int8.ValueIndex(5, j)] * value_scales[5], value[j], value_scales[5] / 2 * 1.0001f) << j;
+    EXPECT_EQ(keys[int8.KeyIndex(j, 6)], 0);
+  }
+  EXPECT_EQ(keys[int8.KeyIndex(7, 5)], 127);  // the largest magnitude is exact
+  EXPECT_EQ(values[int8.ValueIndex(5, 0)], -127);
+  EXPECT_EQ(f32.KeyScales(3, 1, 1), nullptr);
+}
+
+TEST(KvDtypeTest, ParsesFlagValues) {
+  EXPECT_EQ(*ParseKvDtype("auto"), std::nullopt);
+  EXPECT_EQ(*ParseKvDtype("int8"), KvDtype::kInt8);
+  EXPECT_EQ(*ParseKvDtype("bf16"), KvDtype::kBF16);
+  EXPECT_EQ(ParseKvDtype("fp8").status().message(), "kv_dtype=fp8: expected auto, f32, bf16 or int8");
+  EXPECT_EQ(KvDtypeOf(DType::kBF16), KvDtype::kBF16);
 }
 
 TEST(KvPoolTest, ConcurrentSequencesNeverShareBlocks) {
