@@ -120,26 +120,27 @@ struct PagedAttentionKernel {
         for (int g = 0; g < kGroupVectors; ++g) sums[h][q][g] = V::Fmadd(qj, k[g], sums[h][q][g]);
       }
     };
-    // Loads rows [j, j + R) (R divides j): rows[r][g] is row j + r at slots slot + g * kLanes.
-    auto load_group = [&](int j, Vec (*rows)[kGroupVectors]) {
-      const T* group = tile + (int64_t{j / R} * key_stride + slot) * R;
+    // Loads the R rows of the group at p: rows[r][g] is row r at slots slot + g * kLanes.
+    auto load_group = [&](const T* p, Vec (*rows)[kGroupVectors]) {
       for (int g = 0; g < kGroupVectors; ++g) {
         Vec loaded[R];
-        LoadGroup(group + g * kLanes * R, loaded);
+        LoadGroup(p + g * kLanes * R, loaded);
         for (int r = 0; r < R; ++r) rows[r][g] = loaded[r];
       }
     };
+    const T* group = tile + int64_t{slot} * R;  // the next group of rows
+    const int64_t group_step = key_stride * R;
     const int pairs_end = head_dim / 2 * 2;
 #pragma GCC unroll 4
     for (int j = 0; j < pairs_end; j += 2) {
       Vec rows[2][kGroupVectors];
-      for (int r = 0; r < 2; r += R) load_group(j + r, rows + r);
+      for (int r = 0; r < 2; r += R, group += group_step) load_group(group, rows + r);
       add_row(0, j, rows[0]);
       add_row(1, j + 1, rows[1]);
     }
     if (pairs_end < head_dim) {  // odd head_dim: the last row alone (a bf16 pair's odd half is padding)
       Vec rows[R][kGroupVectors];
-      load_group(pairs_end, rows);
+      load_group(group, rows);
       add_row(0, pairs_end, rows[0]);
     }
     for (int q = 0; q < Q; ++q) {
