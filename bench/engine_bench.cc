@@ -540,6 +540,7 @@ absl::Status Run() {
       ((kv_context + kBlockTokens - 1) / kBlockTokens);
   MF_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(model, engine_options));
   const double load_seconds = NowSeconds() - load_start;
+  const std::string kv_dtype(KvDtypeName(engine->kv_pool().dtype()));
 
   std::vector<SubmodelSpec> specs;
   std::vector<std::string> spec_names = absl::GetFlag(FLAGS_specs);
@@ -619,6 +620,7 @@ absl::Status Run() {
     Json out{{"runner", "engine"},
              {"model_dir", model_dir},
              {"dtype", c.dtype == DType::kBF16 ? "bf16" : "f32"},
+             {"kv_dtype", kv_dtype},
              {"threads", threads},
              {"stored_parameters", stored_params},
              {"load_seconds", load_seconds},

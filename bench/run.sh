@@ -5,7 +5,8 @@
 # build/bench/model-350m if it is not there, waits for a running training job
 # (build/train/train.pid) to finish unless --no_wait, then runs engine_bench and
 # torch_bench (f32 and bf16 weights) on that model and on models/default (when
-# it has been exported), and writes build/bench/results.md: engine vs PyTorch
+# it has been exported), and the 350M model's 1- and 16-row decode steps again
+# with an int8 KV cache, and writes build/bench/results.md: engine vs PyTorch
 # per row, and the goals of the core-engine issue checked against the numbers.
 # --quick: few repeats and one prompt length, for a smoke run (noisy numbers).
 set -euo pipefail
@@ -83,6 +84,13 @@ for model in "${models[@]}"; do
   build/bench/engine_bench --model_dir "$model" --json_out "$out/$name.engine.json" --profile "${engine_args[@]}" \
     | tee "$out/$name.engine.txt"
   echo "$name engine $before $(load1)" >> "$out/loads.txt"
+  if [[ $model == "$model_350m" ]]; then
+    echo "== engine_bench on $model with an int8 KV cache (decode at 1 and 16 rows)"
+    before=$(load1)
+    build/bench/engine_bench --model_dir "$model" --json_out "$out/$name.engine-int8kv.json" "${engine_args[@]}" \
+      --kv_dtype=int8 --batches=1,16 --prefill_repeats=1 --cold_repeats=0 | tee "$out/$name.engine-int8kv.txt"
+    echo "$name engine-int8kv $before $(load1)" >> "$out/loads.txt"
+  fi
   for dtype in f32 bf16; do
     echo "== torch_bench ($dtype weights) on $model"
     before=$(load1)
@@ -200,6 +208,28 @@ for name in names:
         for r in e["profiles"]:
             lines.append(f"| {r['kind']} | {r['spec']} | {r['prompt']} | {r['batch']} | {r['total_ms']:.2f} | " +
                          " | ".join(f"{r['stage_ms'][s]:.2f}" for s in stages) + " |")
+
+    int8_path = os.path.join(out, f"{name}.engine-int8kv.json")
+    if os.path.exists(int8_path):
+        q = json.load(open(int8_path))
+        qd = {key(r, "spec", "prompt", "batch"): r for r in q["decode"]}
+        qc = {key(r, "spec", "prompt"): r for r in q["batch_cost"]}
+        lines += ["", f"### Decode with an int8 KV cache (a second engine_bench process, --kv_dtype=int8, load "
+                      f"{loads.get((name, 'engine-int8kv'), '?')})", "",
+                  f"Step ms and the 16-row / 1-row ratio with the {e['kv_dtype']} KV cache of the run above and "
+                  "with int8 (a quarter of f32 plus a scale per position and head); KV MiB = the K/V a step "
+                  "reads at the mid-run length.", "",
+                  f"| spec | prompt | batch | {e['kv_dtype']} KV ms | int8 KV ms | {e['kv_dtype']} KV MiB | "
+                  "int8 KV MiB | 16/1, " + e["kv_dtype"] + " | 16/1, int8 |", "|---|---|---|---|---|---|---|---|---|"]
+        cost = {key(r, "spec", "prompt"): r for r in e["batch_cost"]}
+        for r in e["decode"]:
+            k = key(r, "spec", "prompt", "batch")
+            if k not in qd:
+                continue
+            ratio = lambda c: f"{c['ratio_16_to_1']:.2f}" if c and r["batch"] == 16 else ""
+            lines.append(f"| {r['spec']} | {r['prompt']} | {r['batch']} | {r['step_seconds_median'] * 1e3:.1f} | "
+                         f"{qd[k]['step_seconds_median'] * 1e3:.1f} | {mib(r['kv_bytes_per_step'])} | "
+                         f"{mib(qd[k]['kv_bytes_per_step'])} | {ratio(cost.get(k[:2]))} | {ratio(qc.get(k[:2]))} |")
 
     m0, m1 = e["memory"]["after_load"], e["memory"]["at_end"]
     pct = lambda m, f: 100.0 * m[f] / m["ple_table_pages"]
