@@ -218,9 +218,11 @@ for name in names:
                       f"{loads.get((name, 'engine-int8kv'), '?')})", "",
                   f"Step ms and the 16-row / 1-row ratio with the {e['kv_dtype']} KV cache of the run above and "
                   "with int8 (a quarter of f32 plus a scale per position and head); KV MiB = the K/V a step "
-                  "reads at the mid-run length.", "",
+                  "reads at the mid-run length; DRAM = the read measured just before each row, in each "
+                  "process: the host's DRAM speed swings, and a slower 1-row step lowers the ratio.", "",
                   f"| spec | prompt | batch | {e['kv_dtype']} KV ms | int8 KV ms | {e['kv_dtype']} KV MiB | "
-                  "int8 KV MiB | 16/1, " + e["kv_dtype"] + " | 16/1, int8 |", "|---|---|---|---|---|---|---|---|---|"]
+                  f"int8 KV MiB | DRAM GB/s, {e['kv_dtype']} / int8 | 16/1, {e['kv_dtype']} | 16/1, int8 |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         cost = {key(r, "spec", "prompt"): r for r in e["batch_cost"]}
         for r in e["decode"]:
             k = key(r, "spec", "prompt", "batch")
@@ -229,7 +231,8 @@ for name in names:
             ratio = lambda c: f"{c['ratio_16_to_1']:.2f}" if c and r["batch"] == 16 else ""
             lines.append(f"| {r['spec']} | {r['prompt']} | {r['batch']} | {r['step_seconds_median'] * 1e3:.1f} | "
                          f"{qd[k]['step_seconds_median'] * 1e3:.1f} | {mib(r['kv_bytes_per_step'])} | "
-                         f"{mib(qd[k]['kv_bytes_per_step'])} | {ratio(cost.get(k[:2]))} | {ratio(qc.get(k[:2]))} |")
+                         f"{mib(qd[k]['kv_bytes_per_step'])} | {r['dram_gbps_measured_before']:.0f} / "
+                         f"{qd[k]['dram_gbps_measured_before']:.0f} | {ratio(cost.get(k[:2]))} | {ratio(qc.get(k[:2]))} |")
 
     m0, m1 = e["memory"]["after_load"], e["memory"]["at_end"]
     pct = lambda m, f: 100.0 * m[f] / m["ple_table_pages"]
