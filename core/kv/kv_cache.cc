@@ -87,6 +87,7 @@ KvPool::KvPool(int num_layers, int num_kv_heads, int head_dim, int block_tokens,
       num_blocks_(num_blocks),
       key_tile_bytes_(KeyTileBytes(head_dim, block_tokens, dtype)),
       value_tile_bytes_(ValueTileBytes(head_dim, block_tokens, dtype)),
+      scale_bytes_(ScaleBytes(block_tokens, dtype)),
       storage_(static_cast<size_t>(num_blocks * BlockBytes(num_layers, num_kv_heads, head_dim, block_tokens, dtype))) {
   if (num_blocks > 0) AddRun(0, static_cast<int32_t>(num_blocks));
 }
@@ -161,27 +162,6 @@ void KvPool::RemoveRun(int32_t start, int32_t length) {
   free_runs_.erase(start);
   runs_by_length_.erase({-length, start});
   free_count_ -= length;
-}
-
-int64_t KvPool::KeyOffset(int32_t block, int layer, int kv_head) const {
-  return ((static_cast<int64_t>(layer) * num_kv_heads_ + kv_head) * num_blocks_ + block) *
-         (key_tile_bytes_ + value_tile_bytes_);
-}
-
-int64_t KvPool::ValueOffset(int32_t block, int layer, int kv_head) const {
-  return KeyOffset(block, layer, kv_head) + key_tile_bytes_;
-}
-
-const float* KvPool::KeyScales(int32_t block, int layer, int kv_head) const {
-  if (dtype_ != KvDtype::kInt8) return nullptr;
-  return reinterpret_cast<const float*>(storage_.data() + ValueOffset(block, layer, kv_head) -
-                                        ScaleBytes(block_tokens_, dtype_));
-}
-
-const float* KvPool::ValueScales(int32_t block, int layer, int kv_head) const {
-  if (dtype_ != KvDtype::kInt8) return nullptr;
-  return reinterpret_cast<const float*>(storage_.data() + ValueOffset(block, layer, kv_head) + value_tile_bytes_ -
-                                        ScaleBytes(block_tokens_, dtype_));
 }
 
 void KvPool::Write(int32_t block, int layer, int kv_head, int slot, const float* key, const float* value) {

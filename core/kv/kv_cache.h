@@ -106,8 +106,15 @@ class KvPool {
   }
   // An int8 pool's scales of the slots' keys and values (key_stride each, 0
   // for unwritten slots); null for other pools.
-  const float* KeyScales(int32_t block, int layer, int kv_head) const;
-  const float* ValueScales(int32_t block, int layer, int kv_head) const;
+  const float* KeyScales(int32_t block, int layer, int kv_head) const {
+    if (scale_bytes_ == 0) return nullptr;
+    return reinterpret_cast<const float*>(storage_.data() + ValueOffset(block, layer, kv_head) - scale_bytes_);
+  }
+  const float* ValueScales(int32_t block, int layer, int kv_head) const {
+    if (scale_bytes_ == 0) return nullptr;
+    return reinterpret_cast<const float*>(storage_.data() + ValueOffset(block, layer, kv_head) + value_tile_bytes_ -
+                                          scale_bytes_);
+  }
   // Where element (dim j, slot) of a key tile and (slot, dim j) of a value tile are.
   int64_t KeyIndex(int j, int slot) const {
     return (int64_t{j / row_group_} * key_stride_ + slot) * row_group_ + j % row_group_;
@@ -120,9 +127,15 @@ class KvPool {
   int64_t value_tile_bytes() const { return value_tile_bytes_; }
 
  private:
-  // In bytes from the start of the storage.
-  int64_t KeyOffset(int32_t block, int layer, int kv_head) const;
-  int64_t ValueOffset(int32_t block, int layer, int kv_head) const;
+  // In bytes from the start of the storage. Inline: attention asks for
+  // several tiles per span of 64 keys.
+  int64_t KeyOffset(int32_t block, int layer, int kv_head) const {
+    return ((static_cast<int64_t>(layer) * num_kv_heads_ + kv_head) * num_blocks_ + block) *
+           (key_tile_bytes_ + value_tile_bytes_);
+  }
+  int64_t ValueOffset(int32_t block, int layer, int kv_head) const {
+    return KeyOffset(block, layer, kv_head) + key_tile_bytes_;
+  }
   // The free-run bookkeeping; mutex_ held.
   bool IsFree(int32_t block) const;
   int32_t StartOfNewRun(int64_t wanted) const;
@@ -135,6 +148,7 @@ class KvPool {
   const int row_group_;
   const int64_t num_blocks_;
   const int64_t key_tile_bytes_, value_tile_bytes_;
+  const int64_t scale_bytes_;  // an int8 tile's scales, at its end; 0 for other dtypes
   HugePageArray<std::byte> storage_;  // [layer][kv_head][block][key tile, value tile]
   // std::mutex rather than absl::Mutex: ThreadSanitizer cannot see into
   // Debian's prebuilt (uninstrumented) Abseil, and these structures are the
