@@ -156,7 +156,7 @@ struct PagedAttentionKernel {
   // slots of weights[q][slot] * values[slot][0, N lanes), for Q queries. A
   // bf16 tile gives its slots in pairs: an odd first or last slot brings its
   // neighbour, whose weight FoldSpan has set to 0 (same vector of scores).
-  // An int8 tile's value scales are already in the weights (ScaleWeights).
+  // An int8 tile's value scales are already in the weights (FoldSpan).
   template <int Q, int N, typename T>
   static void AccumulateValues(const Span<T>& span, int key_stride, int64_t value_stride, int64_t offset,
                                const float* weights, int64_t weight_stride, const float* rescale, float* acc) {

@@ -60,9 +60,9 @@ int Argmax(const float* row, int64_t n) { return static_cast<int>(std::max_eleme
 
 // Logits of every position: the prefill in one step, then one token per step.
 std::vector<float> RunGoldenSequence(const Model& model, const Slice& slice, int prefill,
-                                     PleCache* ple_cache = nullptr) {
+                                     PleCache* ple_cache = nullptr, KvDtype kv_dtype = KvDtype::kF32) {
   const Golden& g = LoadGolden();
-  const std::unique_ptr<KvPool> cache_pool = model.NewKvPool(256);
+  const std::unique_ptr<KvPool> cache_pool = model.NewKvPool(256, /*block_tokens=*/16, kv_dtype);
   KvCache cache(cache_pool.get());
   auto logits = model.Forward(slice, absl::MakeConstSpan(g.tokens).subspan(0, prefill), cache,
                               {.all_logits = true, .ple_cache = ple_cache});
@@ -129,6 +129,30 @@ TEST(Gemma3nGolden, PrefillAndCachedDecodeMatchHfAndLlamaCpp) {
   std::printf("gemma3n-tiny vs golden_logits_hf: max |diff| prefill %.3g, decode %.3g; argmax agrees with HF %d/%d, "
               "llama.cpp %d/%d\n",
               max_prefill, max_decode, argmax_hf, positions, argmax_llama, positions);
+}
+
+// --kv_dtype on Gemma 3n (sliding and global layers, KV-shared layers): bf16
+// and int8 pools round (the logits move) but stay within the engine test's
+// budgets of HF's logits (logit scale x 2^-7 for bf16, x 2^-5 for int8) and
+// keep HF's argmax at every position.
+TEST(Gemma3nGolden, NarrowKvPoolsStayCloseToHf) {
+  const Golden& g = LoadGolden();
+  const Model& model = TinyModel();
+  const int64_t V = model.config().vocab_size;
+  float scale = 0;
+  for (float x : g.logits_hf.data) scale = std::max(scale, std::fabs(x));
+  for (const auto& [dtype, budget] : {std::pair{KvDtype::kBF16, 0x1p-7f}, std::pair{KvDtype::kInt8, 0x1p-5f}}) {
+    const std::vector<float> logits =
+        RunGoldenSequence(model, Slice::Full(model.config()), g.prefill, nullptr, dtype);
+    ASSERT_EQ(logits.size(), g.logits_hf.data.size());
+    double max_diff = 0;
+    for (size_t i = 0; i < logits.size(); ++i) max_diff = std::max<double>(max_diff, std::fabs(logits[i] - g.logits_hf.data[i]));
+    EXPECT_GT(max_diff, 1e-4) << KvDtypeName(dtype) << ": no rounding seen";
+    EXPECT_LT(max_diff, scale * budget) << KvDtypeName(dtype) << ", logit scale " << scale;
+    for (size_t t = 0; t < g.tokens.size(); ++t) {
+      EXPECT_EQ(Argmax(&logits[t * V], V), Argmax(&g.logits_hf.data[t * V], V)) << KvDtypeName(dtype) << " position " << t;
+    }
+  }
 }
 
 // Chunked prefill (as a scheduler splits long prompts) through the same cache:
