@@ -83,7 +83,7 @@ struct PagedAttentionKernel {
     int64_t prefetch_bytes = 0;
   };
 
-  // Rows a tile of T interleaves (KvPool::row_group).
+  // Rows a tile of T interleaves (pairs in bf16: KvPool's class comment).
   template <typename T>
   static constexpr int kRowGroup = std::is_same_v<T, uint16_t> ? 2 : 1;
 

@@ -18,6 +18,12 @@
 
 namespace matformer {
 
+// How a KvPool stores keys and values (its class comment says how each is laid out).
+enum class KvDtype { kF32, kBF16, kInt8 };
+absl::string_view KvDtypeName(KvDtype dtype);  // "f32", "bf16", "int8"
+// The storage "auto" means: the weights' dtype.
+KvDtype KvDtypeOf(DType weights);
+
 // A fixed pool of KV blocks shared by every sequence of the process (paged
 // attention). A block holds `block_tokens` positions of keys and values for
 // every layer and KV head. Per (layer, kv_head) a block is one key tile and
@@ -48,7 +54,7 @@ namespace matformer {
 // each widens to f32 in one instruction (a shift for the even row, a mask for
 // the odd one): keys [head_dim / 2][key_stride][2], values
 // [block_tokens / 2][value_stride][2], the halved dimension rounded up
-// (KeyIndex, ValueIndex; row_group() is 2). In int8 the pool is a quarter of
+// (KeyIndex, ValueIndex). In int8 the pool is a quarter of
 // f32 plus one f32 scale per (position, kv head) for its key and one for its
 // value: symmetric, scale = max |x| / 127 over the head_dim values (llama.cpp's
 // q8_0 with one block per head vector). Tiles keep the f32 layout (a row of 16
@@ -56,11 +62,6 @@ namespace matformer {
 // is followed by its key_stride key scales and a value tile by key_stride
 // value scales (KeyScales, ValueScales); attention multiplies a score by its
 // key's scale and a softmax weight by its value's.
-enum class KvDtype { kF32, kBF16, kInt8 };
-absl::string_view KvDtypeName(KvDtype dtype);  // "f32", "bf16", "int8"
-// The storage "auto" means: the weights' dtype.
-KvDtype KvDtypeOf(DType weights);
-
 class KvPool {
  public:
   static constexpr int kKeySlotMultiple = 16;
@@ -78,8 +79,6 @@ class KvPool {
   int key_stride() const { return key_stride_; }
   int value_stride() const { return value_stride_; }
   KvDtype dtype() const { return dtype_; }
-  // Rows interleaved in one group of a tile: 2 for bf16, else 1.
-  int row_group() const { return row_group_; }
   int64_t num_blocks() const { return num_blocks_; }
   int64_t free_blocks() const;
   int64_t used_blocks() const { return num_blocks_ - free_blocks(); }
