@@ -116,10 +116,10 @@ class KvPool {
   }
   // Where element (dim j, slot) of a key tile and (slot, dim j) of a value tile are.
   int64_t KeyIndex(int j, int slot) const {
-    return (int64_t{j / row_group_} * key_stride_ + slot) * row_group_ + j % row_group_;
+    return ((int64_t{j >> row_group_log2_} * key_stride_ + slot) << row_group_log2_) + (j & row_group_mask_);
   }
   int64_t ValueIndex(int slot, int j) const {
-    return (int64_t{slot / row_group_} * value_stride_ + j) * row_group_ + slot % row_group_;
+    return ((int64_t{slot >> row_group_log2_} * value_stride_ + j) << row_group_log2_) + (slot & row_group_mask_);
   }
   // A tile's bytes, an int8 tile's scales included.
   int64_t key_tile_bytes() const { return key_tile_bytes_; }
@@ -144,7 +144,10 @@ class KvPool {
 
   const int num_layers_, num_kv_heads_, head_dim_, block_tokens_, key_stride_, value_stride_;
   const KvDtype dtype_;
-  const int row_group_;
+  // Rows per interleaved group (2 in bf16, else 1) as a shift and a mask:
+  // Write computes an index per element, and a division by a run-time
+  // divisor costs tens of cycles.
+  const int row_group_log2_, row_group_mask_;
   const int64_t num_blocks_;
   const int64_t key_tile_bytes_, value_tile_bytes_;
   const int64_t scale_bytes_;  // an int8 tile's scales, at its end; 0 for other dtypes
