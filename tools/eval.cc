@@ -29,6 +29,7 @@ ABSL_FLAG(std::string, specs, "frontier",
           "Comma-separated spec names, or 'frontier': every granularity, every spec whose widths never decrease "
           "with depth, the reverse (decreasing) twin of each, and one skipped layer per position at XL");
 ABSL_FLAG(int, context, 256, "Tokens per block");
+ABSL_FLAG(std::string, kv_dtype, "auto", "KV cache storage: auto (the model's dtype), f32, bf16 or int8");
 ABSL_FLAG(int, max_blocks, 0, "Evaluate only the first N blocks (0 = all)");
 ABSL_FLAG(bool, write_quality, false, "Write <model_dir>/quality.json");
 ABSL_FLAG(std::string, json_out, "", "Also write the results as JSON here");
@@ -140,9 +141,12 @@ absl::Status Run() {
                                                    model->config().max_position_embeddings, "]"));
   }
   const int64_t blocks_per_sequence = (context + 15) / 16;
+  absl::StatusOr<std::optional<KvDtype>> kv_dtype = ParseKvDtype(absl::GetFlag(FLAGS_kv_dtype));
+  if (!kv_dtype.ok()) return absl::InvalidArgumentError(absl::StrCat("--", kv_dtype.status().message()));
   MF_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine,
                       Engine::Create(model, {.kv_blocks = kBlocksPerStep * blocks_per_sequence,
                                              .kv_block_tokens = 16,
+                                             .kv_dtype = *kv_dtype,
                                              .ple_cache_bytes = size_t{64} << 20}));
   const std::string heldout =
       absl::GetFlag(FLAGS_heldout).empty() ? model_dir + "/heldout.txt" : absl::GetFlag(FLAGS_heldout);
@@ -176,6 +180,7 @@ absl::Status Run() {
   const nlohmann::json report = {{"dataset", heldout},
                                  {"tokens", tokens},
                                  {"context", context},
+                                 {"kv_dtype", std::string(KvDtypeName(engine->kv_pool().dtype()))},
                                  {"evaluated_by", "matformer-eval (C++ engine)"},
                                  {"specs", results}};
   auto write = [&](const std::string& path) -> absl::Status {
