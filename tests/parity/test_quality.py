@@ -2,7 +2,8 @@
 """The shipped default model really is a MatFormer, and the engine measures it right.
 
 1. matformer-eval (C++ engine) and the PyTorch reference agree on held-out
-   loss to 1e-3, per spec, on a slice of the held-out text.
+   loss to 1e-3, per spec, on a slice of the held-out text, with the
+   engine's default K/V storage and with int8 K/V.
 2. models/default/quality.json (written by matformer-eval over the whole
    held-out text): loss strictly decreases S > M > L > XL.
 3. Reported, not asserted (the MatFormer paper's findings, which a small,
@@ -29,25 +30,33 @@ AGREEMENT = 1e-3
 SPECS = ["S", "M", "L", "XL", "S-S-M-M-L-XL", "XL-L-L-M-M-S", "S-skip-M-L-L-XL"]
 
 
-def check_agreement(build_dir):
+def engine_losses(build_dir, kv_dtype):
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "engine.json")
         subprocess.run([os.path.join(build_dir, "tools", "matformer-eval"), f"--model_dir={MODEL}",
-                        f"--specs={','.join(SPECS)}", f"--max_blocks={SLICE_BLOCKS}", f"--json_out={out}"],
+                        f"--specs={','.join(SPECS)}", f"--max_blocks={SLICE_BLOCKS}", f"--kv_dtype={kv_dtype}",
+                        f"--json_out={out}"],
                        check=True, stdout=subprocess.DEVNULL)
         with open(out) as f:
-            engine = {s["name"]: s["loss"] for s in json.load(f)["specs"]}
+            return {s["name"]: s["loss"] for s in json.load(f)["specs"]}
+
+
+def check_agreement(build_dir):
+    """The engine with its default K/V storage (the model's bf16) and with
+    int8 K/V (--kv_dtype=int8) against the f32 PyTorch reference."""
+    engines = {kv: engine_losses(build_dir, kv) for kv in ("auto", "int8")}
     model = MatFormerPLE.from_dir(MODEL)
     stream = load_stream(os.path.join(MODEL, "heldout.txt"), os.path.join(MODEL, "tokenizer.model"))
     failures = 0
     for name in SPECS:
         widths, skipped = parse_spec(name, model.config)
         reference, _ = heldout_loss(model, stream, widths, skipped, max_blocks=SLICE_BLOCKS)
-        difference = abs(engine[name] - reference)
-        ok = difference <= AGREEMENT
-        failures += not ok
-        print(f"{'PASS' if ok else 'FAIL'} held-out loss {name:18s} engine {engine[name]:.5f} "
-              f"reference {reference:.5f} |diff| {difference:.1e}")
+        for kv, engine in engines.items():
+            difference = abs(engine[name] - reference)
+            ok = difference <= AGREEMENT
+            failures += not ok
+            print(f"{'PASS' if ok else 'FAIL'} held-out loss {name:18s} K/V {kv:4s} engine {engine[name]:.5f} "
+                  f"reference {reference:.5f} |diff| {difference:.1e}")
     return failures
 
 
