@@ -316,9 +316,9 @@ int Info(v1::MatFormer::Stub& stub) {
               static_cast<unsigned long long>(ple.entries()), ple.bytes() / 1048576.0, ple.max_bytes() / 1048576.0,
               static_cast<unsigned long long>(ple.hits()), static_cast<unsigned long long>(ple.misses()));
   const v1::KvPoolStats& kv = info.kv_pool();
-  std::printf("  KV pool: %lld / %lld blocks of %d tokens in use (%.1f MiB)\n",
+  std::printf("  KV pool: %lld / %lld blocks of %d tokens in use (%.1f MiB, %s)\n",
               static_cast<long long>(kv.blocks_used()), static_cast<long long>(kv.blocks_total()), kv.block_tokens(),
-              kv.bytes() / 1048576.0);
+              kv.bytes() / 1048576.0, kv.dtype().c_str());
   return 0;
 }
 

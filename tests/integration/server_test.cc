@@ -741,9 +741,13 @@ TEST_F(ServerTest, CliTalksToTheServer) {
   EXPECT_EQ(stream.exit_code, 0) << stream.output;
   EXPECT_TRUE(absl::StrContains(stream.output, unary->text())) << stream.output;
   EXPECT_TRUE(absl::StrContains(stream.output, "spec L")) << stream.output;
+  CommandResult info = cli({"info"});
+  EXPECT_EQ(info.exit_code, 0) << info.output;
+  EXPECT_TRUE(absl::StrContains(info.output, "tokens in use")) << info.output;
+  EXPECT_TRUE(absl::StrContains(info.output, " MiB, f32)")) << info.output;  // the KV pool's dtype
 
   for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
-           {"score", "--prompt=hello", "--continuation= world"}, {"info"}, {"tokenize", "--prompt=hello"}}) {
+           {"score", "--prompt=hello", "--continuation= world"}, {"tokenize", "--prompt=hello"}}) {
     CommandResult result = cli(args);
     EXPECT_EQ(result.exit_code, 0) << args[0] << ": " << result.output;
   }
