@@ -129,10 +129,9 @@ double TimeLayers(const Geometry& g, PagedAttentionFn kernel, int repeats, std::
 
 // `pairs` visible query-key pairs per (layer, query head); `positions` read per (layer, KV head).
 Row RowOf(const Geometry& g, const KvPool& pool, double seconds, double pairs, double positions) {
-  const double position_bytes = double(pool.key_tile_bytes() + pool.value_tile_bytes()) / pool.block_tokens();
   return Row{.ms = seconds * 1e3,
              .flops = 4.0 * g.head_dim * g.kv_heads * g.heads_per_kv * g.layers * pairs,
-             .kv_bytes = g.kv_heads * g.layers * positions * position_bytes};
+             .kv_bytes = g.kv_heads * g.layers * positions * pool.position_bytes()};
 }
 
 absl::StatusOr<Row> Decode(const Geometry& g, KvDtype dtype, PagedAttentionFn kernel, int repeats) {

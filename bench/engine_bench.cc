@@ -134,8 +134,7 @@ double AttentionFlops(const ModelConfig& c, const SubmodelSpec& spec, int64_t pa
 double KvReadBytes(const ModelConfig& c, const SubmodelSpec& spec, const KvPool& pool, int64_t batch, int64_t length) {
   int kept = 0;
   for (int layer = 0; layer < c.num_layers; ++layer) kept += spec.skipped(layer) ? 0 : 1;
-  const double position_bytes = double(pool.key_tile_bytes() + pool.value_tile_bytes()) / pool.block_tokens();
-  return kept * c.num_kv_heads * position_bytes * batch * (length + 1);
+  return kept * c.num_kv_heads * pool.position_bytes() * batch * (length + 1);
 }
 
 struct Memory {

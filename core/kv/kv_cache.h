@@ -124,6 +124,9 @@ class KvPool {
   // A tile's bytes, an int8 tile's scales included.
   int64_t key_tile_bytes() const { return key_tile_bytes_; }
   int64_t value_tile_bytes() const { return value_tile_bytes_; }
+  // One position's share of a (layer, kv head)'s key and value tiles: the
+  // bytes attention reads per position, padding and scales included.
+  double position_bytes() const { return double(key_tile_bytes_ + value_tile_bytes_) / block_tokens_; }
 
  private:
   // In bytes from the start of the storage. Inline: attention asks for
