@@ -86,6 +86,9 @@ struct PagedAttentionKernel {
   // Rows a tile of T interleaves (pairs in bf16: KvPool's class comment).
   template <typename T>
   static constexpr int kRowGroup = std::is_same_v<T, uint16_t> ? 2 : 1;
+  // Whether tiles of T carry scales (int8).
+  template <typename T>
+  static constexpr bool kScaled = std::is_same_v<T, int8_t>;
 
   // The kLanes-wide slice of the kRowGroup<T> rows interleaved at p, widened.
   template <typename T>
@@ -100,7 +103,7 @@ struct PagedAttentionKernel {
   }
 
   // scores[q][0, 16) = queries[q] · keys[:, slot + [0, 16)) (times the keys'
-  // scales, when key_scales is not null) for Q queries of head_dim (rows
+  // scales in an int8 tile) for Q queries of head_dim (rows
   // query_stride apart) against a key tile. Even and odd j sum apart (two FMA
   // units of 4-cycle latency need 8 independent sums; a bf16 tile hands out
   // rows in pairs anyway).
@@ -146,7 +149,7 @@ struct PagedAttentionKernel {
     for (int q = 0; q < Q; ++q) {
       for (int g = 0; g < kGroupVectors; ++g) {
         Vec score = V::Add(sums[0][q][g], sums[1][q][g]);
-        if (key_scales != nullptr) score = V::Mul(score, V::Load(key_scales + slot + g * kLanes));
+        if constexpr (kScaled<T>) score = V::Mul(score, V::Load(key_scales + slot + g * kLanes));
         V::Store(scores + q * score_stride + g * kLanes, score);
       }
     }
@@ -229,7 +232,11 @@ struct PagedAttentionKernel {
         float* s = scores + b * key_stride + slot;
         const Vec weight = V::KeepInRange(V::Exp(V::Sub(V::Load(s), V::Set1(new_max))), slot, lo[b], hi[b], 0.0f);
         span_sum = V::Add(span_sum, weight);
-        V::Store(s, span.value_scales.empty() ? weight : V::Mul(weight, V::Load(span.value_scales[b] + slot)));
+        if constexpr (kScaled<T>) {
+          V::Store(s, V::Mul(weight, V::Load(span.value_scales[b] + slot)));
+        } else {
+          V::Store(s, weight);
+        }
       }
     }
     if (new_max == -INFINITY) return 1.0f;  // sees nothing yet: its weights are all 0
@@ -248,7 +255,7 @@ struct PagedAttentionKernel {
     for (int b = 0; b < span.blocks; ++b) {
       if (!span.prefetch.empty() && span.prefetch[b] != nullptr) Prefetch(span.prefetch[b], span.prefetch_bytes);
       for (int slot = span.first[b] / kGroupSlots * kGroupSlots; slot < span.last[b]; slot += kGroupSlots) {
-        ScoreGroup<Q>(queries, head_dim, span.keys[b], span.key_scales.empty() ? nullptr : span.key_scales[b], slot,
+        ScoreGroup<Q>(queries, head_dim, span.keys[b], kScaled<T> ? span.key_scales[b] : nullptr, slot,
                       key_stride, head_dim, scores + b * key_stride + slot, score_stride);
       }
     }
@@ -332,14 +339,13 @@ struct PagedAttentionKernel {
       span.blocks = blocks_in_span;
       span.keys.resize(blocks_in_span);
       span.values.resize(blocks_in_span);
-      const bool scaled_tiles = pool.dtype() == KvDtype::kInt8;
-      span.key_scales.resize(scaled_tiles ? blocks_in_span : 0);
-      span.value_scales.resize(scaled_tiles ? blocks_in_span : 0);
+      span.key_scales.resize(kScaled<T> ? blocks_in_span : 0);
+      span.value_scales.resize(kScaled<T> ? blocks_in_span : 0);
       for (int b = 0; b < blocks_in_span; ++b) {
         const int32_t block = blocks[span_first + b];
         span.keys[b] = pool.KeyTile<T>(block, pool_layer, kv_head);
         span.values[b] = pool.ValueTile<T>(block, pool_layer, kv_head);
-        if (scaled_tiles) {
+        if constexpr (kScaled<T>) {
           span.key_scales[b] = pool.KeyScales(block, pool_layer, kv_head);
           span.value_scales[b] = pool.ValueScales(block, pool_layer, kv_head);
         }
