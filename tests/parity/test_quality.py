@@ -4,6 +4,8 @@
 1. matformer-eval (C++ engine) and the PyTorch reference agree on held-out
    loss to 1e-3, per spec, on a slice of the held-out text, with the
    engine's default K/V storage and with int8 K/V.
+   matformer-eval refuses a bad --kv_dtype or --context naming the flag and
+   the limit.
 2. models/default/quality.json (written by matformer-eval over the whole
    held-out text): loss strictly decreases S > M > L > XL.
 3. Reported, not asserted (the MatFormer paper's findings, which a small,
@@ -60,6 +62,19 @@ def check_agreement(build_dir):
     return failures
 
 
+def check_bad_flags(build_dir):
+    """matformer-eval refuses bad flags naming the flag and its limit."""
+    failures = 0
+    for flag, expected in [("--kv_dtype=fp8", "--kv_dtype=fp8: expected auto, f32, bf16 or int8"),
+                           ("--context=1", "--context = 1 outside [2, ")]:
+        run = subprocess.run([os.path.join(build_dir, "tools", "matformer-eval"), f"--model_dir={MODEL}", flag],
+                             capture_output=True, text=True)
+        ok = run.returncode == 1 and expected in run.stderr
+        failures += not ok
+        print(f"{'PASS' if ok else 'FAIL'} matformer-eval {flag}: exit {run.returncode}, {run.stderr.strip()}")
+    return failures
+
+
 def check_quality_table():
     with open(os.path.join(MODEL, "quality.json")) as f:
         quality = json.load(f)
@@ -107,7 +122,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--build_dir", required=True)
     args = parser.parse_args()
-    failures = check_agreement(args.build_dir) + check_quality_table()
+    failures = check_agreement(args.build_dir) + check_bad_flags(args.build_dir) + check_quality_table()
     print(f"quality: {failures} failed")
     return 1 if failures else 0
 
