@@ -54,12 +54,11 @@ double TimePerCall(int copies, Call call) {
 
 std::string PathName(DType dtype, int64_t m) {
   if (dtype == DType::kF32) return "onednn-gemm";
-  const bool kernel = __builtin_cpu_supports("avx512bf16");
   std::string path;
   for (int64_t i = 0; i < m; i += kernels_internal::kMaxPieceRows) {
     const int64_t rows = std::min(kernels_internal::kMaxPieceRows, m - i);
     if (!path.empty()) path += "+";
-    path += rows <= kernels_internal::kSmallMMaxRows && kernel ? "small-m" : "onednn-brg";
+    path += kernels_internal::Bf16KernelName(kernels_internal::ChooseBf16Kernel(rows));
   }
   return path;
 }
@@ -138,7 +137,7 @@ void RunShape(DType dtype, Shape shape, const MachineLimits& limits) {
   const double dram_gbps = MeasureDramReadGbps(size_t{1} << 30, 3);
   std::printf("# %s %" PRId64 "x%" PRId64 ": DRAM read %.1f GB/s now\n",
               dtype == DType::kBF16 ? "bf16" : "f32", shape.n, shape.k, dram_gbps);
-  for (int64_t m : {1, 4, 16, 32, 128, 512}) {
+  for (int64_t m : {1, 2, 4, 16, 32, 128, 512}) {
     std::vector<float> x(m * shape.k);
     for (float& v : x) v = dist(rng);
     std::vector<float> y(m * shape.n);

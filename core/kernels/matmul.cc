@@ -28,6 +28,9 @@ using dnnl::memory;
 using kernels_internal::kMaxPieceRows;
 using kernels_internal::kPackBlockK;
 using kernels_internal::kPackBlockN;
+using kernels_internal::Bf16Kernel;
+using kernels_internal::ChooseBf16Kernel;
+using kernels_internal::kAmxMinRows;
 using kernels_internal::kSmallMMaxRows;
 
 // oneDNN 2.6 only picks its brgemm kernel for a fixed M, so bf16 primitives are
@@ -190,7 +193,36 @@ void Execute(const Primitive& primitive, const memory& src, const memory& weight
   Stream().wait();
 }
 
-bool UseSmallMKernel(int64_t rows) { return rows <= kSmallMMaxRows && HasAvx512Bf16(); }
+}  // namespace
+
+namespace kernels_internal {
+
+Bf16Kernel ChooseBf16Kernel(int64_t rows) {
+  static const bool amx = [] {
+    const char* disable = std::getenv("MATFORMER_DISABLE_AMX");
+    const bool disabled = disable != nullptr && *disable != '\0' && std::strcmp(disable, "0") != 0;
+    return !disabled && HasAmxBf16();
+  }();
+  if (amx && rows >= kAmxMinRows) return Bf16Kernel::kAmx;
+  if (rows <= kSmallMMaxRows && HasAvx512Bf16()) return Bf16Kernel::kAvx512;
+  return Bf16Kernel::kOnednn;
+}
+
+const char* Bf16KernelName(Bf16Kernel kernel) {
+  switch (kernel) {
+    case Bf16Kernel::kAmx:
+      return "amx";
+    case Bf16Kernel::kAvx512:
+      return "avx512-small-m";
+    case Bf16Kernel::kOnednn:
+      break;
+  }
+  return "onednn-brg";
+}
+
+}  // namespace kernels_internal
+
+namespace {
 
 // Rows [0, m) of x into a dense bf16 copy.
 void ConvertRows(const float* x, int64_t m, int64_t ldx, int64_t k, uint16_t* out, int64_t ld_out) {
@@ -270,28 +302,41 @@ void OnednnBf16Piece(const Bf16Weights& w, const uint16_t* xb, int64_t rows, flo
 
 void MatMulBf16(const float* x, int64_t m, int64_t ldx, const Bf16Weights& w, float* y, int64_t ldy,
                 bool accumulate) {
-  // oneDNN reads the last piece in whole granules of rows: zero the rows it
-  // reads past m.
-  const int64_t last_rows = m - (m - 1) / kMaxPieceRows * kMaxPieceRows;
-  const int64_t m_alloc = UseSmallMKernel(last_rows) ? m : RoundUp(m, kRowGranule);
-  // oneDNN's pieces read rows of exactly k; when the small-M kernel takes all
-  // of m (one piece) the rows get a padded stride: with k a multiple of 1024 its rows were a multiple of 2 KiB
-  // apart, crowding into one or two L1 sets (build/bench/matmul_bench
-  // 1024x4096 1024x1024 8192x1024, hot: 32 rows 282-288 vs 327 us, 72 vs
-  // 87-90, 558-570 vs 593-599; 16 rows of 1024x4096 142 vs 145-167).
-  const int64_t ld = UseSmallMKernel(m) ? RoundUp(w.k, 32) + 32 : w.k;
+  // oneDNN and the AMX tiles read whole granules of rows: zero the rows they
+  // read past m.
+  const int64_t m_alloc = RoundUp(m, kRowGranule);
+  // oneDNN's pieces read rows of exactly k. The kernels get a padded stride:
+  // with k a multiple of 1024 the rows were a multiple of 2 KiB apart,
+  // crowding into one or two L1 sets (build/bench/matmul_bench 1024x4096
+  // 1024x1024 8192x1024, hot: 32 rows 282-288 vs 327 us, 72 vs 87-90, 558-570
+  // vs 593-599; 16 rows of 1024x4096 142 vs 145-167); the AMX tiles also read
+  // x in whole 32-column blocks, so the padding is zeroed for them.
+  const Bf16Kernel first = ChooseBf16Kernel(std::min(m, kMaxPieceRows));
+  const bool padded = first != Bf16Kernel::kOnednn;
+  const int64_t k_padded = RoundUp(w.k, kPackBlockK);
+  const int64_t ld = padded ? k_padded + 32 : w.k;
   AlignedBuffer& xb_buffer = ThreadScratch().x_bf16;
   xb_buffer.Reserve(m_alloc * ld * sizeof(uint16_t));
   uint16_t* xb = reinterpret_cast<uint16_t*>(xb_buffer.data());
   ConvertRows(x, m, ldx, w.k, xb, ld);
   std::memset(xb + m * ld, 0, (m_alloc - m) * ld * sizeof(uint16_t));
+  if (padded && k_padded != w.k) {
+    for (int64_t i = 0; i < m; ++i) std::fill(xb + i * ld + w.k, xb + i * ld + k_padded, 0);
+  }
   for (int64_t i = 0; i < m; i += kMaxPieceRows) {
     const int64_t rows = std::min(kMaxPieceRows, m - i);
-    if (UseSmallMKernel(rows)) {
-      kernels_internal::SmallMBf16MatMul(xb + i * ld, rows, ld, w.data, w.n, w.k, y + i * ldy, ldy,
-                                         accumulate);
-    } else {
-      OnednnBf16Piece(w, xb + i * ld, rows, y + i * ldy, ldy, accumulate);
+    switch (ChooseBf16Kernel(rows)) {
+      case Bf16Kernel::kAmx:
+        kernels_internal::AmxBf16MatMul(xb + i * ld, rows, ld, w.data, w.n, w.k, y + i * ldy, ldy,
+                                        accumulate);
+        break;
+      case Bf16Kernel::kAvx512:
+        kernels_internal::SmallMBf16MatMul(xb + i * ld, rows, ld, w.data, w.n, w.k, y + i * ldy,
+                                           ldy, accumulate);
+        break;
+      case Bf16Kernel::kOnednn:
+        OnednnBf16Piece(w, xb + i * ld, rows, y + i * ldy, ldy, accumulate);
+        break;
     }
   }
 }

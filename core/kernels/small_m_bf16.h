@@ -32,6 +32,23 @@ inline constexpr int64_t kPackBlockK = 32;
 // rows on oneDNN reaches 93-96% and takes the larger pieces.
 inline constexpr int64_t kSmallMMaxRows = 64;
 inline constexpr int64_t kMaxPieceRows = 256;
+// With AMX-BF16, pieces of at least kAmxMinRows rows run on the AMX kernel
+// instead, whatever their size. Measured on the 2-core AMX VM, cold weights
+// (build/bench/matmul_bench 8192x1024 1024x4096 32000x1024, two rounds with
+// and without MATFORMER_DISABLE_AMX=1): up to 3 rows the AVX-512 kernel
+// streams as fast or faster (8192x1024: 1 row 532-587 vs 638-650 us, 2 rows
+// 597 vs 668-674, 3 rows 620-629 vs 649-672), at 4 rows AMX is 10-15% faster
+// (659-681 vs 758), at 16 rows twice as fast (650-672 vs 1389-1565), and at
+// 128 and 512 rows it is level with oneDNN's brgemm or faster (1024x4096 at
+// 512 rows: 2.9 vs 3.5 ms).
+inline constexpr int64_t kAmxMinRows = 4;
+
+// Which kernel MatMul runs a bf16 piece of `rows` rows on (also named in
+// matmul_bench). MATFORMER_DISABLE_AMX=1 in the environment (read once) keeps
+// AMX out, for A/B runs and for the tests of the other paths on AMX hosts.
+enum class Bf16Kernel { kAmx, kAvx512, kOnednn };
+Bf16Kernel ChooseBf16Kernel(int64_t rows);
+const char* Bf16KernelName(Bf16Kernel kernel);
 
 // y[i, 0:n) = (accumulate ? y[i, 0:n) : 0) + x[i, 0:k) · W^T for i in [0, m).
 // x holds bf16 bit patterns, row-major with leading dimension ldx; w is the
@@ -39,6 +56,16 @@ inline constexpr int64_t kMaxPieceRows = 256;
 // Only call when the CPU has AVX512_BF16: this file is compiled for it.
 void SmallMBf16MatMul(const uint16_t* x, int64_t m, int64_t ldx, const uint16_t* w, int64_t n,
                       int64_t k, float* y, int64_t ldy, bool accumulate);
+
+// True when the CPU has AMX-BF16 and Linux granted this process the tile
+// state (asked once, on the first call).
+bool HasAmxBf16();
+
+// SmallMBf16MatMul on AMX tiles, 16 rows of x at a time. x must hold
+// RoundUp(m, 16) rows and zeros in columns [k, RoundUp(k, 32)): the tiles read
+// whole blocks. Only call when HasAmxBf16().
+void AmxBf16MatMul(const uint16_t* x, int64_t m, int64_t ldx, const uint16_t* w, int64_t n,
+                   int64_t k, float* y, int64_t ldy, bool accumulate);
 
 // out[j] = bf16(x[j]) for j < k, rounding to nearest even. Like the dot
 // products, the conversion instruction treats denormals as zero. Same CPU

@@ -156,10 +156,13 @@ TEST_P(MatMulTest, MatchesReferenceAcrossShapesAndRowCounts) {
       {260, 90, 17, 80, 5, 88},
   };
   for (const Shape& s : shapes) {
-    // Up to kSmallMMaxRows (64) rows run on the small-M kernel, more on oneDNN
-    // in pieces of at most 256 rows: 77 pads to 80 rows through a scratch y,
-    // 260 is a 256-row oneDNN piece (written directly when y is dense) and a
-    // 4-row kernel piece, 300 is 256 + 44, 333 is 256 + 77 padded.
+    // Rows run in pieces of at most 256. With AMX (ctest also runs these
+    // tests with MATFORMER_DISABLE_AMX=1) pieces of 4 rows and more run on
+    // the AMX kernel, 16 rows per tile: 17 and 77 end in a partial tile, 333
+    // is 256 + 77. Without AMX up to kSmallMMaxRows (64) rows run on the
+    // AVX-512 kernel, more on oneDNN: 77 pads to 80 rows through a scratch
+    // y, 260 is a 256-row oneDNN piece (written directly when y is dense) and
+    // a 4-row kernel piece, 300 is 256 + 44, 333 is 256 + 77 padded.
     for (int64_t m : {0, 1, 3, 8, 17, 64, 77, 260, 300, 333}) {
       for (bool accumulate : {false, true}) {
         CheckCase({dtype, s.rows, s.cols, s.n0, s.n1, s.k0, s.k1, m, 0, 0, accumulate});
@@ -185,8 +188,10 @@ INSTANTIATE_TEST_SUITE_P(DTypes, MatMulTest, ::testing::Values(DType::kF32, DTyp
                            return std::string(info.param == DType::kBF16 ? "BF16" : "F32");
                          });
 
-// The small-M kernel and oneDNN read the same packed buffer; row counts on
-// either side of the threshold must agree with each other row by row.
+// The kernels read the same packed buffer; row counts on either side of the
+// thresholds must agree with each other row by row (with AMX: 131 rows run
+// as 64 + 64 + 3 on AMX, AMX and AVX-512 against 131 on AMX; without: on
+// AVX-512 against 128 on oneDNN and 3 on AVX-512).
 TEST(MatMulBf16Test, SmallMKernelAndOnednnAgree) {
   if (!__builtin_cpu_supports("avx512bf16")) {
     GTEST_SKIP() << "no AVX512_BF16: every row count runs on oneDNN";
@@ -215,6 +220,26 @@ TEST(MatMulBf16Test, SmallMKernelAndOnednnAgree) {
       ASSERT_NEAR(small[i], big[i], 1e-4 * magnitude) << "row " << i / rows << " col " << i % rows;
     }
   }
+}
+
+// The bf16 copy of x lives in a per-thread scratch buffer that the kernels
+// read in whole 32-column blocks (AMX): a previous call's infinities past the
+// next call's odd k must not meet its zero-padded weights (Inf x 0 = NaN).
+TEST(MatMulBf16Test, StaleScratchPastOddKDoesNotLeak) {
+  std::mt19937 rng(13);
+  const Weights wide = RandomWeights(DType::kBF16, 64, 64, rng);
+  const Weights odd = RandomWeights(DType::kBF16, 64, 33, rng);
+  absl::StatusOr<PackedMatrix> packed_wide = PackedMatrix::PackAll(wide.View("wide"));
+  absl::StatusOr<PackedMatrix> packed_odd = PackedMatrix::PackAll(odd.View("odd"));
+  ASSERT_TRUE(packed_wide.ok()) << packed_wide.status();
+  ASSERT_TRUE(packed_odd.ok()) << packed_odd.status();
+  const int64_t m = 16;
+  const std::vector<float> infinities(m * 64, INFINITY);
+  std::vector<float> y(m * 64);
+  MatMul(infinities.data(), m, 64, *packed_wide, y.data(), 64, false);
+  const std::vector<float> x = RandomVector(m * 33, rng);
+  MatMul(x.data(), m, 33, *packed_odd, y.data(), 64, false);
+  for (int64_t i = 0; i < m * 64; ++i) ASSERT_TRUE(std::isfinite(y[i])) << "element " << i;
 }
 
 // With identity weights y is x as rounded to bf16, exactly: ties go to even on
