@@ -33,6 +33,7 @@
 #include "bench/machine_limits.h"
 #include "bench/process_stats.h"
 #include "core/kernels/attention.h"
+#include "core/kernels/amx.h"
 #include "core/kernels/attention_kernel.h"
 #include "core/kv/kv_cache.h"
 #include "core/util/status_macros.h"
@@ -46,8 +47,9 @@ ABSL_FLAG(int, head_dim, 64, "Head dimension");
 ABSL_FLAG(int, block_tokens, 16, "Positions per KV block");
 ABSL_FLAG(int, repeats, 10, "Timed steps per row (the median is reported)");
 ABSL_FLAG(std::vector<std::string>, modes, std::vector<std::string>({"decode", "prefill"}), "decode, prefill");
-ABSL_FLAG(std::vector<std::string>, kernels, std::vector<std::string>({"avx2", "avx512"}),
-          "Instruction sets to run (avx512 is skipped on a CPU without it)");
+ABSL_FLAG(std::vector<std::string>, kernels, std::vector<std::string>({"avx2", "avx512", "amx"}),
+          "Instruction sets to run (avx512 and amx are skipped on a CPU without them or with "
+          "MATFORMER_DISABLE_AMX=1; amx runs bf16 pools of head_dim a multiple of 64 only)");
 ABSL_FLAG(std::vector<std::string>, kv_dtypes, std::vector<std::string>({"f32", "bf16"}), "KV pool dtypes");
 
 namespace matformer::bench {
@@ -185,8 +187,10 @@ absl::Status Run() {
       kernels.push_back({name, kernels_internal::PagedAttentionAvx2});
     } else if (name == "avx512") {
       if (__builtin_cpu_supports("avx512f")) kernels.push_back({name, kernels_internal::PagedAttentionAvx512});
+    } else if (name == "amx") {
+      if (kernels_internal::AmxEnabled()) kernels.push_back({name, kernels_internal::PagedAttentionAmx});
     } else {
-      return absl::InvalidArgumentError(absl::StrCat("--kernels: unknown '", name, "' (avx2, avx512)"));
+      return absl::InvalidArgumentError(absl::StrCat("--kernels: unknown '", name, "' (avx2, avx512, amx)"));
     }
   }
   std::vector<KvDtype> dtypes;
@@ -216,6 +220,10 @@ absl::Status Run() {
   for (const std::string& mode : absl::GetFlag(FLAGS_modes)) {
     for (KvDtype dtype : dtypes) {
       for (const auto& [name, kernel] : kernels) {
+        if (kernel == kernels_internal::PagedAttentionAmx &&
+            !kernels_internal::PagedAttentionAmxRuns(KvPool(1, 1, g.head_dim, g.block_tokens, 1, dtype))) {
+          continue;
+        }
         MF_ASSIGN_OR_RETURN(const Row row, mode == "decode" ? Decode(g, dtype, kernel, repeats)
                                                            : Prefill(g, dtype, kernel, repeats));
         const double gflops = row.flops / row.ms * 1e-6, gbps = row.kv_bytes / row.ms * 1e-6;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "core/kernels/amx.h"
 #include "core/kernels/attention_kernel.h"
 #include "core/kernels/avx2_math.h"
 
@@ -24,6 +25,10 @@ void PagedAttention(const KvPool& pool, absl::Span<const int32_t> blocks, int po
   // machine the AVX-512 build took 0.6x the AVX2 build's time, both on 16
   // sequences x 512 bf16 positions streamed from DRAM and on 2 in cache.
   static const bool avx512 = __builtin_cpu_supports("avx512f");
+  if (kernels_internal::AmxEnabled() && kernels_internal::PagedAttentionAmxRuns(pool)) {
+    kernels_internal::PagedAttentionAmx(pool, blocks, pool_layer, kv_head, queries, scale, window);
+    return;
+  }
   (avx512 ? kernels_internal::PagedAttentionAvx512 : kernels_internal::PagedAttentionAvx2)(
       pool, blocks, pool_layer, kv_head, queries, scale, window);
 }

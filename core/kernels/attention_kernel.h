@@ -26,6 +26,11 @@ void PagedAttentionAvx2(const KvPool& pool, absl::Span<const int32_t> blocks, in
                         const AttentionQueries& queries, float scale, int64_t window);
 void PagedAttentionAvx512(const KvPool& pool, absl::Span<const int32_t> blocks, int pool_layer, int kv_head,
                           const AttentionQueries& queries, float scale, int64_t window);
+// On AMX tiles (attention_amx.cc), for the pools PagedAttentionAmxRuns accepts
+// (bf16, head_dim a multiple of 64, block_tokens a multiple of 16); needs AmxEnabled().
+bool PagedAttentionAmxRuns(const KvPool& pool);
+void PagedAttentionAmx(const KvPool& pool, absl::Span<const int32_t> blocks, int pool_layer, int kv_head,
+                       const AttentionQueries& queries, float scale, int64_t window);
 
 // The kernel over the vector type V: V::Vec holds V::kLanes floats in one of
 // V::kRegisters vector registers; V has Zero, Set1, Load, Store,

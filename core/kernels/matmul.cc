@@ -15,6 +15,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "core/kernels/amx.h"
 #include "core/kernels/ops.h"
 #include "core/kernels/small_m_bf16.h"
 #include "core/util/round_up.h"
@@ -198,12 +199,7 @@ void Execute(const Primitive& primitive, const memory& src, const memory& weight
 namespace kernels_internal {
 
 Bf16Kernel ChooseBf16Kernel(int64_t rows) {
-  static const bool amx = [] {
-    const char* disable = std::getenv("MATFORMER_DISABLE_AMX");
-    const bool disabled = disable != nullptr && *disable != '\0' && std::strcmp(disable, "0") != 0;
-    return !disabled && HasAmxBf16();
-  }();
-  if (amx && rows >= kAmxMinRows) return Bf16Kernel::kAmx;
+  if (rows >= kAmxMinRows && AmxEnabled()) return Bf16Kernel::kAmx;
   if (rows <= kSmallMMaxRows && HasAvx512Bf16()) return Bf16Kernel::kAvx512;
   return Bf16Kernel::kOnednn;
 }

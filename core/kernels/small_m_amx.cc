@@ -5,7 +5,10 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
+#include "core/kernels/amx.h"
 #include "core/kernels/small_m_bf16.h"
 #include "core/util/round_up.h"
 
@@ -19,16 +22,8 @@ constexpr int kTileRows = 16;
 // and B tiles used in turn.
 constexpr int kAccumulators = 4;
 
-struct alignas(64) TileConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t bytes_per_row[16] = {};
-  uint8_t rows[16] = {};
-};
-
-TileConfig SixteenBySixtyFourBytes() {
-  TileConfig config;
+AmxTileConfig SixteenBySixtyFourBytes() {
+  AmxTileConfig config;
   for (int t = 0; t < 8; ++t) {
     config.bytes_per_row[t] = 64;
     config.rows[t] = kTileRows;
@@ -37,6 +32,7 @@ TileConfig SixteenBySixtyFourBytes() {
 }
 
 bool CpuHasAmxBf16() {
+  if (!__builtin_cpu_supports("avx512bf16")) return false;
   unsigned eax, ebx, ecx, edx;
   if (__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) == 0) return false;
   constexpr unsigned kAmxBf16 = 1u << 22;
@@ -97,9 +93,13 @@ void Block(const uint16_t* x, int64_t ldx, const uint16_t* wb, int64_t k_blocks,
 
 }  // namespace
 
-bool HasAmxBf16() {
-  static const bool has = CpuHasAmxBf16();
-  return has;
+bool AmxEnabled() {
+  static const bool enabled = [] {
+    const char* disable = std::getenv("MATFORMER_DISABLE_AMX");
+    if (disable != nullptr && *disable != '\0' && std::strcmp(disable, "0") != 0) return false;
+    return CpuHasAmxBf16();
+  }();
+  return enabled;
 }
 
 void AmxBf16MatMul(const uint16_t* x, int64_t m, int64_t ldx, const uint16_t* w, int64_t n,
@@ -107,7 +107,7 @@ void AmxBf16MatMul(const uint16_t* x, int64_t m, int64_t ldx, const uint16_t* w,
   const int64_t k_padded = RoundUp(k, kPackBlockK);
   const int64_t k_blocks = k_padded / kPackBlockK;
   const int64_t n_blocks = (n + kPackBlockN - 1) / kPackBlockN;
-  const TileConfig config = SixteenBySixtyFourBytes();
+  const AmxTileConfig config = SixteenBySixtyFourBytes();
 #pragma omp parallel
   {
     // Tile configuration is per thread; release it so that a context switch

@@ -32,7 +32,7 @@ inline constexpr int64_t kPackBlockK = 32;
 // rows on oneDNN reaches 93-96% and takes the larger pieces.
 inline constexpr int64_t kSmallMMaxRows = 64;
 inline constexpr int64_t kMaxPieceRows = 256;
-// With AMX-BF16, pieces of at least kAmxMinRows rows run on the AMX kernel
+// With AMX, pieces of at least kAmxMinRows rows run on the AMX kernel
 // instead, whatever their size. Measured on the 2-core AMX VM, cold weights
 // (build/bench/matmul_bench 8192x1024 1024x4096 32000x1024, two rounds with
 // and without MATFORMER_DISABLE_AMX=1): up to 3 rows the AVX-512 kernel
@@ -44,8 +44,7 @@ inline constexpr int64_t kMaxPieceRows = 256;
 inline constexpr int64_t kAmxMinRows = 4;
 
 // Which kernel MatMul runs a bf16 piece of `rows` rows on (also named in
-// matmul_bench). MATFORMER_DISABLE_AMX=1 in the environment (read once) keeps
-// AMX out, for A/B runs and for the tests of the other paths on AMX hosts.
+// matmul_bench); AMX only when AmxEnabled() (amx.h).
 enum class Bf16Kernel { kAmx, kAvx512, kOnednn };
 Bf16Kernel ChooseBf16Kernel(int64_t rows);
 const char* Bf16KernelName(Bf16Kernel kernel);
@@ -57,13 +56,9 @@ const char* Bf16KernelName(Bf16Kernel kernel);
 void SmallMBf16MatMul(const uint16_t* x, int64_t m, int64_t ldx, const uint16_t* w, int64_t n,
                       int64_t k, float* y, int64_t ldy, bool accumulate);
 
-// True when the CPU has AMX-BF16 and Linux granted this process the tile
-// state (asked once, on the first call).
-bool HasAmxBf16();
-
 // SmallMBf16MatMul on AMX tiles, 16 rows of x at a time. x must hold
 // RoundUp(m, 16) rows and zeros in columns [k, RoundUp(k, 32)): the tiles read
-// whole blocks. Only call when HasAmxBf16().
+// whole blocks. Only call when AmxEnabled() (amx.h).
 void AmxBf16MatMul(const uint16_t* x, int64_t m, int64_t ldx, const uint16_t* w, int64_t n,
                    int64_t k, float* y, int64_t ldy, bool accumulate);
 

@@ -20,7 +20,7 @@ expect_refused "--sequences=1025: must be in [1, 1024]" --sequences=1025
 expect_refused "--head_dim=2048: must be in [1, 1024]" --head_dim=2048
 expect_refused "more than the limit of 16 GiB" --sequences=1024 --context=65536
 expect_refused "--modes: unknown 'train' (decode, prefill)" --modes=train
-expect_refused "--kernels: unknown 'sse' (avx2, avx512)" --kernels=sse
+expect_refused "--kernels: unknown 'sse' (avx2, avx512, amx)" --kernels=sse
 expect_refused "--kv_dtypes: unknown 'f16' (f32, bf16, int8)" --kv_dtypes=f16
 expect_refused "--kv_dtypes: unknown 'auto' (f32, bf16, int8)" --kv_dtypes=auto
 exit $((failures > 0))

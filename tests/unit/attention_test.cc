@@ -1,5 +1,6 @@
 #include "core/kernels/attention.h"
 #include "core/kernels/attention_kernel.h"
+#include "core/kernels/amx.h"
 
 #include <cmath>
 #include <random>
@@ -25,7 +26,9 @@ struct Shape {
 
 // How the kernel is reached: StepAttention (tiles of tokens, the CPU's
 // instruction set) or one instruction set's kernel over all tokens at once.
-enum class Path { kStep, kAvx2, kAvx512 };
+// ctest also runs these with MATFORMER_DISABLE_AMX=1, so that on an AMX host
+// kStep covers the AVX-512 kernel for bf16 too.
+enum class Path { kStep, kAvx2, kAvx512, kAmx };
 
 class PagedAttentionTest : public testing::TestWithParam<std::tuple<Shape, KvDtype, Path>> {};
 
@@ -59,6 +62,13 @@ TEST_P(PagedAttentionTest, MatchesSoftmaxAttentionForEveryQuery) {
   constexpr int64_t kPast = 37, kTokens = 41;  // 41 query tokens: two tiles of StepAttention
   const int64_t length = kPast + kTokens;
   KvPool pool(kLayers, kKvHeads, shape.head_dim, shape.block_tokens, /*num_blocks=*/2 * length + 4, dtype);
+  const bool amx_runs = kernels_internal::AmxEnabled() && kernels_internal::PagedAttentionAmxRuns(pool);
+  if (path == Path::kAmx && !amx_runs) GTEST_SKIP() << "AMX disabled, absent, or not for this pool";
+  // The AMX kernel multiplies bf16 queries (scaled first) and bf16 softmax
+  // weights: the reference takes the rounded queries, and the weights'
+  // rounding (relative 2^-9 each) moves a result by at most 2^-9 of the
+  // largest value.
+  const bool amx = amx_runs && (path == Path::kAmx || path == Path::kStep);
   // Two sequences; the second's blocks interleave with the first's so that
   // neither sequence's blocks are consecutive in the pool.
   KvSequence other(&pool), sequence(&pool);
@@ -108,23 +118,34 @@ TEST_P(PagedAttentionTest, MatchesSoftmaxAttentionForEveryQuery) {
       const int64_t offset = kFirstRow * row + int64_t{g} * shape.heads * shape.head_dim;
       const AttentionQueries queries{.q = q.data() + offset, .out = out.data() + offset, .row_stride = row,
                                      .first_position = kPast, .tokens = kTokens, .heads = shape.heads};
-      (path == Path::kAvx2 ? kernels_internal::PagedAttentionAvx2 : kernels_internal::PagedAttentionAvx512)(
-          pool, sequence.blocks(), kLayer, g, queries, scale, shape.window);
+      const PagedAttentionFn kernel = path == Path::kAvx2     ? kernels_internal::PagedAttentionAvx2
+                                      : path == Path::kAvx512 ? kernels_internal::PagedAttentionAvx512
+                                                              : kernels_internal::PagedAttentionAmx;
+      kernel(pool, sequence.blocks(), kLayer, g, queries, scale, shape.window);
     }
   }
 
-  double worst = 0;
+  double worst = 0, largest_value = 0;
+  for (int g = 0; g < kKvHeads; ++g) {
+    for (const std::vector<float>& value : values[g]) {
+      for (float x : value) largest_value = std::max(largest_value, double{std::abs(x)});
+    }
+  }
   for (int64_t t = 0; t < kTokens; ++t) {
     for (int g = 0; g < kKvHeads; ++g) {
       for (int h = 0; h < shape.heads; ++h) {
         const int64_t offset = (kFirstRow + t) * row + (int64_t{g} * shape.heads + h) * shape.head_dim;
+        std::vector<float> query(q.begin() + offset, q.begin() + offset + shape.head_dim);
+        if (amx) {
+          for (float& x : query) x = Bf16ToF32(F32ToBf16(x * scale));
+        }
         const std::vector<float> expected =
-            Reference(keys[g], values[g], q.data() + offset, shape.head_dim, kPast + t, shape.window, scale);
+            Reference(keys[g], values[g], query.data(), shape.head_dim, kPast + t, shape.window, amx ? 1.0f : scale);
         for (int e = 0; e < shape.head_dim; ++e) worst = std::max(worst, std::abs(double{out[offset + e]} - expected[e]));
       }
     }
   }
-  EXPECT_LT(worst, 2e-5) << KvDtypeName(dtype) << " head_dim " << shape.head_dim << " block " << shape.block_tokens << " heads "
+  EXPECT_LT(worst, 2e-5 + (amx ? 0x1p-9 * largest_value : 0.0)) << (amx ? "amx " : "") << KvDtypeName(dtype) << " head_dim " << shape.head_dim << " block " << shape.block_tokens << " heads "
                          << shape.heads << " window " << shape.window;
   for (int64_t i = 0; i < kFirstRow * row; ++i) ASSERT_TRUE(std::isnan(out[i])) << "row outside the segment written";
 }
@@ -137,6 +158,13 @@ INSTANTIATE_TEST_SUITE_P(Shapes, PagedAttentionTest,
                                                           Shape{33, 3, 4, 7}),
                                           testing::Values(KvDtype::kF32, KvDtype::kBF16, KvDtype::kInt8),
                                           testing::Values(Path::kStep, Path::kAvx2, Path::kAvx512)));
+// The AMX kernel takes bf16 pools of head_dim a multiple of 64 and blocks a
+// multiple of 16 tokens (other pools run on AVX-512; kStep covers that).
+INSTANTIATE_TEST_SUITE_P(Amx, PagedAttentionTest,
+                         testing::Combine(testing::Values(Shape{64, 16, 4, 0}, Shape{64, 16, 4, 5},
+                                                          Shape{256, 16, 2, 50}, Shape{128, 32, 5, 20},
+                                                          Shape{64, 48, 3, 0}, Shape{64, 16, 1, 0}),
+                                          testing::Values(KvDtype::kBF16), testing::Values(Path::kAmx)));
 
 }  // namespace
 }  // namespace matformer
