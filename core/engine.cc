@@ -239,8 +239,7 @@ void Engine::RunLayer(int layer, absl::Span<const StepInput> inputs, const std::
   for (int64_t r = 0; r < rows; ++r) {
     float* g = gate + r * ff;
     const float* u = up + r * ff;
-    Activate(c.activation, g, s.row_width[r]);
-    for (int64_t j = 0; j < s.row_width[r]; ++j) g[j] *= u[j];
+    ActivateAndMultiply(c.activation, g, u, s.row_width[r]);
   }
   clock.Mark(Stage::kFfnActivation);
   int64_t slab_begin = 0;
@@ -260,9 +259,7 @@ void Engine::RunLayer(int layer, absl::Span<const StepInput> inputs, const std::
 #pragma omp parallel for if (parallel_rows)
   for (int64_t r = 0; r < rows; ++r) {
     float* gated = ple_gate + r * c.ple_dim;
-    Activate(c.activation, gated, c.ple_dim);
-    const float* ple = s.ple.data() + s.gather[r] * ple_width + layer * c.ple_dim;
-    for (int64_t j = 0; j < c.ple_dim; ++j) gated[j] *= ple[j];
+    ActivateAndMultiply(c.activation, gated, s.ple.data() + s.gather[r] * ple_width + layer * c.ple_dim, c.ple_dim);
   }
   MatMul(ple_gate, rows, c.ple_dim, w.ple_projection, delta, d, false);
 #pragma omp parallel for if (parallel_rows)

@@ -303,8 +303,7 @@ void FeedForward(const Config& c, const LayerWeights& lw, const std::vector<int6
     const int64_t m = row_width[t];
     float* g = &a.gate[t * ld];
     if (sparse) GaussianTopK(g, m, z);
-    Activate(c.activation, g, m);
-    for (int64_t i = 0; i < m; ++i) g[i] *= a.up[t * ld + i];
+    ActivateAndMultiply(c.activation, g, &a.up[t * ld], m);
   }
   int64_t begin = 0;
   for (size_t j = 0; j < slab_rows.size(); ++j) {
@@ -347,9 +346,7 @@ void InjectPerLayerInput(const Config& c, const LayerWeights& lw, Activations& a
   MatMul(scaled, T, d, lw.per_layer_input_gate, a.per_layer.data(), dp, false);
   for (int64_t t = 0; t < T; ++t) {
     float* row = &a.per_layer[t * dp];
-    Activate(c.activation, row, dp);
-    const float* input = &a.ple[t * dp];
-    for (int64_t k = 0; k < dp; ++k) row[k] *= input[k];
+    ActivateAndMultiply(c.activation, row, &a.ple[t * dp], dp);
   }
   MatMul(a.per_layer.data(), T, dp, lw.per_layer_projection, a.per_layer_out.data(), d, false);
   for (int64_t t = 0; t < T; ++t) {

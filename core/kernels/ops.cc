@@ -15,15 +15,17 @@ using kernels_internal::Exp8;
 using kernels_internal::kLanes;
 using kernels_internal::TailMask;
 
-// f(x) over n elements, 8 lanes at a time; the tail through masked loads and
-// stores, so every element takes the same arithmetic.
+// x = f(x) * other over n elements, 8 lanes at a time; the tail through
+// masked loads and stores, so every element takes the same arithmetic.
 template <typename F>
-void MapInPlace(float* x, int64_t n, F f) {
+void MapAndMultiply(float* x, const float* other, int64_t n, F f) {
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) _mm256_storeu_ps(x + i, f(_mm256_loadu_ps(x + i)));
+  for (; i + kLanes <= n; i += kLanes) {
+    _mm256_storeu_ps(x + i, _mm256_mul_ps(f(_mm256_loadu_ps(x + i)), _mm256_loadu_ps(other + i)));
+  }
   if (i < n) {
     const __m256i mask = TailMask(n - i);
-    _mm256_maskstore_ps(x + i, mask, f(_mm256_maskload_ps(x + i, mask)));
+    _mm256_maskstore_ps(x + i, mask, _mm256_mul_ps(f(_mm256_maskload_ps(x + i, mask)), _mm256_maskload_ps(other + i, mask)));
   }
 }
 
@@ -52,19 +54,19 @@ void RmsNorm(const float* x, const float* w, int64_t n, float eps, float* y) {
   for (; i < n; ++i) y[i] = x[i] * scale * w[i];
 }
 
-void Activate(Activation activation, float* x, int64_t n) {
+void ActivateAndMultiply(Activation activation, float* x, const float* other, int64_t n) {
   const __m256 one = _mm256_set1_ps(1.0f);
   switch (activation) {
     case Activation::kGeluTanh:
       // 0.5 v (1 + tanh(y)) = v / (1 + exp(-2y)), y = sqrt(2/pi) (v + 0.044715 v^3).
-      MapInPlace(x, n, [&](__m256 v) {
+      MapAndMultiply(x, other, n, [&](__m256 v) {
         const __m256 cube_term = _mm256_mul_ps(_mm256_set1_ps(0.044715f), _mm256_mul_ps(v, _mm256_mul_ps(v, v)));
         const __m256 minus_2y = _mm256_mul_ps(_mm256_set1_ps(-2.0f * 0.7978845608028654f), _mm256_add_ps(v, cube_term));
         return _mm256_div_ps(v, _mm256_add_ps(one, Exp8(minus_2y)));
       });
       return;
     case Activation::kSilu:
-      MapInPlace(x, n, [&](__m256 v) {
+      MapAndMultiply(x, other, n, [&](__m256 v) {
         return _mm256_div_ps(v, _mm256_add_ps(one, Exp8(_mm256_sub_ps(_mm256_setzero_ps(), v))));
       });
       return;

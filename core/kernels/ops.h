@@ -12,8 +12,9 @@ namespace matformer {
 // y = x / sqrt(mean(x^2) + eps) * w over n elements (y may alias x).
 void RmsNorm(const float* x, const float* w, int64_t n, float eps, float* y);
 
-// In-place activation over n elements.
-void Activate(Activation activation, float* x, int64_t n);
+// x[i] = activation(x[i]) * other[i] for i < n: the gated FFN's and the
+// per-layer input's gate, in one pass.
+void ActivateAndMultiply(Activation activation, float* x, const float* other, int64_t n);
 
 // Rotary embedding (rotate-half) in two steps, so that a position's angles
 // (half = head_dim / 2 cosines and sines of position * inv_freq) are computed
