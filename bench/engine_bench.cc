@@ -44,6 +44,8 @@
 #include "bench/machine_limits.h"
 #include "bench/process_stats.h"
 #include "core/engine.h"
+#include "core/kernels/amx.h"
+#include "core/kernels/attention_kernel.h"
 #include "core/model/submodel.h"
 #include "core/model/weights.h"
 #include "core/util/stage_profile.h"
@@ -346,7 +348,7 @@ absl::Status BenchSpec(Engine& engine, std::shared_ptr<const Model> model, const
                  prompt_length / median);
     results.prefill.push_back(row);
 
-    double step_at_1 = 0, step_at_16 = 0, matmul_flops_16 = 0, attention_flops_16 = 0;
+    double step_at_1 = 0, step_at_16 = 0, matmul_flops_16 = 0, attention_flops_16 = 0, bytes_16 = 0;
     for (int batch : options.batches) {
       const double local_dram_gbps = MeasureLocalDramGbps();
       std::vector<int32_t> tokens(batch);
@@ -394,6 +396,7 @@ absl::Status BenchSpec(Engine& engine, std::shared_ptr<const Model> model, const
         step_at_16 = step;
         matmul_flops_16 = 2.0 * (cost.layer_params + cost.lm_head_params) * batch;
         attention_flops_16 = batch * AttentionFlops(c, spec, mid_length, 1);
+        bytes_16 = weight_bytes + kv_bytes;
       }
     }
     for (auto& sequence : sequences) sequence->kv.set_length(prompt_length);
@@ -404,6 +407,9 @@ absl::Status BenchSpec(Engine& engine, std::shared_ptr<const Model> model, const
                                         {"step_seconds_16", step_at_16},
                                         {"matmul_flops_16", matmul_flops_16},
                                         {"attention_flops_16", attention_flops_16},
+                                        {"bytes_16", bytes_16},
+                                        {"attention_on_amx", kernels_internal::AmxEnabled() &&
+                                                                 kernels_internal::PagedAttentionAmxRuns(engine.kv_pool())},
                                         {"ratio_16_to_1", step_at_16 / step_at_1}});
     }
   }
@@ -452,18 +458,23 @@ void AddRatiosAndPrint(const ModelConfig& c, const MachineLimits& limits, int de
                 row["bandwidth_ratio_with_kv"].get<double>(),
                 row["dram_gbps_measured_before"].get<double>(), row["bandwidth_ratio_local"].get<double>());
   }
-  std::printf("== step time at 16 rows / at 1 row; floor = the 16-row step's FLOPs at the measured peaks "
-              "(matmuls at the %s peak, attention at the f32 one, no memory traffic) / the 1-row step: no "
-              "kernel gets the ratio below it\n",
+  std::printf("== step time at 16 rows / at 1 row; floors over the 1-row step: flops = the 16-row step's FLOPs "
+              "at the measured peaks (matmuls at the %s peak, attention at the f32 one, or the bf16 one on AMX; no "
+              "memory traffic), "
+              "bytes = its weight and KV bytes at the measured DRAM read (no compute; what stays in cache "
+              "can beat it)\n",
               peak_name);
-  std::printf("%-10s %-4s %6s %7s %7s\n", "batch-cost", "spec", "prompt", "16/1", "floor");
+  std::printf("%-10s %-4s %6s %7s %7s %7s\n", "batch-cost", "spec", "prompt", "16/1", "flops", "bytes");
   for (Json& row : results.batch_cost) {
+    const double attention_peak = row["attention_on_amx"].get<bool>() ? limits.bf16_gflops : limits.f32_gflops;
     const double floor_seconds = row["matmul_flops_16"].get<double>() / (peak * 1e9) +
-                                 row["attention_flops_16"].get<double>() / (limits.f32_gflops * 1e9);
+                                 row["attention_flops_16"].get<double>() / (attention_peak * 1e9);
     row["floor_ratio_16_to_1"] = floor_seconds / row["step_seconds_1"].get<double>();
-    std::printf("batch-cost %-4s %6d %7.2f %7.2f\n", row["spec"].get<std::string>().c_str(),
+    row["bytes_floor_ratio_16_to_1"] =
+        row["bytes_16"].get<double>() / (limits.dram_read_gbps * 1e9) / row["step_seconds_1"].get<double>();
+    std::printf("batch-cost %-4s %6d %7.2f %7.2f %7.2f\n", row["spec"].get<std::string>().c_str(),
                 row["prompt"].get<int>(), row["ratio_16_to_1"].get<double>(),
-                row["floor_ratio_16_to_1"].get<double>());
+                row["floor_ratio_16_to_1"].get<double>(), row["bytes_floor_ratio_16_to_1"].get<double>());
   }
   if (results.profiles.empty()) return;
   std::printf("== --profile: ms per step by stage (mean over the timed steps; total = their sum)\n");
