@@ -4,6 +4,8 @@
 // Internal to core/kernels: what the AMX kernels (small_m_amx.cc,
 // attention_amx.cc) share.
 
+#include <immintrin.h>
+
 #include <cstdint>
 
 namespace matformer::kernels_internal {
@@ -22,7 +24,39 @@ struct alignas(64) AmxTileConfig {
   uint8_t reserved[14] = {};
   uint16_t bytes_per_row[16] = {};
   uint8_t rows[16] = {};
+
+  // Every register `rows` rows of 64 bytes (16 f32 or 32 bf16).
+  static AmxTileConfig Uniform(int rows) {
+    AmxTileConfig config;
+    for (int t = 0; t < 8; ++t) {
+      config.bytes_per_row[t] = 64;
+      config.rows[t] = static_cast<uint8_t>(rows);
+    }
+    return config;
+  }
 };
+
+// Only where the file is compiled for AMX (GCC and clang name the macro
+// differently).
+#if defined(__AMX_TILE__) || defined(__AMXTILE__)
+// Both AMX kernels accumulate a 64-column block of f32 results in tiles 0-3,
+// 16 columns each (the _tile_* intrinsics paste the register number into
+// the instruction, so it is written out).
+inline void ZeroAccumulators() {
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+}
+
+// Tiles 0-3 side by side into rows of `out`, `row_bytes` apart.
+inline void StoreAccumulators(float* out, int64_t row_bytes) {
+  _tile_stored(0, out, row_bytes);
+  _tile_stored(1, out + 16, row_bytes);
+  _tile_stored(2, out + 32, row_bytes);
+  _tile_stored(3, out + 48, row_bytes);
+}
+#endif
 
 }  // namespace matformer::kernels_internal
 

@@ -47,11 +47,7 @@ constexpr int kValueTile = 7;
 // Query, score, weight and output tiles hold `rows` rows: a decode step's 4
 // query heads need only 4 (attention_bench decode: 8.0-8.1 vs 8.3 ms).
 AmxTileConfig AttentionTiles(int rows) {
-  AmxTileConfig config;
-  for (int t = 0; t < 8; ++t) {
-    config.bytes_per_row[t] = 64;
-    config.rows[t] = rows;
-  }
+  AmxTileConfig config = AmxTileConfig::Uniform(rows);
   config.rows[5] = kRows;
   config.bytes_per_row[kWeightTile] = kGroupSlots * sizeof(uint16_t);
   config.rows[kValueTile] = kGroupSlots / 2;
@@ -63,12 +59,10 @@ struct QueryState {
   float sum = 0.0f;
 };
 
-// One 16-key group of a span: where its keys and values start in their tiles
-// and the position of its first key.
+// One 16-key group of a span: where its keys and values start in their tiles.
 struct Group {
   const uint16_t* keys;
   const uint16_t* values;
-  int64_t first_position;
 };
 
 // Adds one dimension block of queries (tile 4) times a key group's keys into
@@ -91,13 +85,6 @@ void StoreScores(int groups, float (*scores)[kSpanSlots]) {
   if (groups > 3) _tile_stored(3, &scores[0][48], kStride);
 }
 
-void ZeroAccumulators() {
-  _tile_zero(0);
-  _tile_zero(1);
-  _tile_zero(2);
-  _tile_zero(3);
-}
-
 // The weighted values of one key group for 64 output dimensions (one pass)
 // into tiles 0-3.
 void AccumulateGroup(const uint16_t* weights, const uint16_t* values, int64_t value_stride_bytes) {
@@ -110,12 +97,6 @@ void AccumulateGroup(const uint16_t* weights, const uint16_t* values, int64_t va
   _tile_dpbf16ps(2, 6, 7);
   _tile_loadd(7, values + 96, value_stride_bytes);
   _tile_dpbf16ps(3, 6, 7);
-}
-
-void Prefetch(const void* begin, int64_t bytes) {
-  for (int64_t offset = 0; offset < bytes; offset += 64) {
-    _mm_prefetch(static_cast<const char*>(begin) + offset, _MM_HINT_T0);
-  }
 }
 
 }  // namespace
@@ -176,13 +157,12 @@ void PagedAttentionAmx(const KvPool& pool, absl::Span<const int32_t> blocks, int
       const int32_t block = blocks[group / groups_per_block];
       const int64_t slot = group % groups_per_block * kGroupSlots;
       groups[g] = {pool.KeyTile<uint16_t>(block, pool_layer, kv_head) + slot * 2,
-                   pool.ValueTile<uint16_t>(block, pool_layer, kv_head) + slot / 2 * value_stride * 2,
-                   group * kGroupSlots};
+                   pool.ValueTile<uint16_t>(block, pool_layer, kv_head) + slot / 2 * value_stride * 2};
     }
     // The next span's tiles stream in while this one is computed.
     for (int64_t g = span_first + kSpanGroups; g < span_first + 2 * kSpanGroups && g <= last_group;
          g += groups_per_block) {
-      Prefetch(pool.KeyTile<uint16_t>(blocks[g / groups_per_block], pool_layer, kv_head), tiles_bytes);
+      PrefetchBytes(pool.KeyTile<uint16_t>(blocks[g / groups_per_block], pool_layer, kv_head), tiles_bytes);
     }
     const int64_t span_begin = span_first * kGroupSlots;
     const int64_t span_end = (span_first + span_groups) * kGroupSlots;
@@ -209,14 +189,16 @@ void PagedAttentionAmx(const KvPool& pool, absl::Span<const int32_t> blocks, int
         QueryState& state = states[chunk * kRows + r];
         const int64_t position = queries.first_position + (chunk * kRows + r) / heads;
         const int64_t lo = first_visible(position), hi = position + 1;
-        auto visible = [&](int g, float otherwise) {
+        // v's lanes where group g's keys are visible to the row, else `otherwise`.
+        auto visible = [&](int g, __m512 v, float otherwise) {
           const int64_t start = span_begin + g * kGroupSlots;
-          return V::KeepInRange(V::Load(&scores[r][g * kGroupSlots]), 0,
-                                static_cast<int>(std::clamp<int64_t>(lo - start, 0, kGroupSlots)),
+          return V::KeepInRange(v, 0, static_cast<int>(std::clamp<int64_t>(lo - start, 0, kGroupSlots)),
                                 static_cast<int>(std::clamp<int64_t>(hi - start, 0, kGroupSlots)), otherwise);
         };
         __m512 span_max = V::Set1(-INFINITY);
-        for (int g = 0; g < span_groups; ++g) span_max = V::Max(span_max, visible(g, -INFINITY));
+        for (int g = 0; g < span_groups; ++g) {
+          span_max = V::Max(span_max, visible(g, V::Load(&scores[r][g * kGroupSlots]), -INFINITY));
+        }
         const float new_max = std::max(state.max, V::ReduceMax(span_max));
         rescale[r] = 1.0f;
         if (new_max == -INFINITY) {  // sees nothing yet
@@ -225,10 +207,7 @@ void PagedAttentionAmx(const KvPool& pool, absl::Span<const int32_t> blocks, int
         }
         __m512 span_sum = V::Zero();
         for (int g = 0; g < span_groups; ++g) {
-          const int64_t start = span_begin + g * kGroupSlots;
-          const __m512 weight = V::KeepInRange(V::Exp(V::Sub(V::Load(&scores[r][g * kGroupSlots]), V::Set1(new_max))), 0,
-                                               static_cast<int>(std::clamp<int64_t>(lo - start, 0, kGroupSlots)),
-                                               static_cast<int>(std::clamp<int64_t>(hi - start, 0, kGroupSlots)), 0.0f);
+          const __m512 weight = visible(g, V::Exp(V::Sub(V::Load(&scores[r][g * kGroupSlots]), V::Set1(new_max))), 0.0f);
           span_sum = V::Add(span_sum, weight);
           _mm256_store_si256(reinterpret_cast<__m256i*>(&weights[r][g * kGroupSlots]),
                              reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(weight)));
@@ -243,11 +222,7 @@ void PagedAttentionAmx(const KvPool& pool, absl::Span<const int32_t> blocks, int
         for (int g = 0; g < span_groups; ++g) {
           AccumulateGroup(&weights[0][g * kGroupSlots], groups[g].values + pass * 2, value_stride_bytes);
         }
-        constexpr int64_t kStride = kPassDims * sizeof(float);
-        _tile_stored(0, &values_out[0][0], kStride);
-        _tile_stored(1, &values_out[0][16], kStride);
-        _tile_stored(2, &values_out[0][32], kStride);
-        _tile_stored(3, &values_out[0][48], kStride);
+        StoreAccumulators(&values_out[0][0], kPassDims * sizeof(float));
         for (int r = 0; r < rows; ++r) {
           float* row = acc.data() + (chunk * kRows + r) * head_dim + pass;
           const __m512 factor = V::Set1(rescale[r]);

@@ -32,6 +32,13 @@ bool PagedAttentionAmxRuns(const KvPool& pool);
 void PagedAttentionAmx(const KvPool& pool, absl::Span<const int32_t> blocks, int pool_layer, int kv_head,
                        const AttentionQueries& queries, float scale, int64_t window);
 
+// Asks for [begin, begin + bytes) in L1, a 64-byte line at a time.
+inline void PrefetchBytes(const void* begin, int64_t bytes) {
+  for (int64_t offset = 0; offset < bytes; offset += 64) {
+    _mm_prefetch(static_cast<const char*>(begin) + offset, _MM_HINT_T0);
+  }
+}
+
 // The kernel over the vector type V: V::Vec holds V::kLanes floats in one of
 // V::kRegisters vector registers; V has Zero, Set1, Load, Store,
 // LoadBf16Pair(p, even, odd) (2 x kLanes bf16 of a paired tile, KvPool,
@@ -258,7 +265,7 @@ struct PagedAttentionKernel {
                        float* scores, QueryState* states, float* acc) {
     const int64_t score_stride = int64_t{span.blocks} * key_stride;
     for (int b = 0; b < span.blocks; ++b) {
-      if (!span.prefetch.empty() && span.prefetch[b] != nullptr) Prefetch(span.prefetch[b], span.prefetch_bytes);
+      if (!span.prefetch.empty() && span.prefetch[b] != nullptr) PrefetchBytes(span.prefetch[b], span.prefetch_bytes);
       for (int slot = span.first[b] / kGroupSlots * kGroupSlots; slot < span.last[b]; slot += kGroupSlots) {
         ScoreGroup<Q>(queries, head_dim, span.keys[b], kScaled<T> ? span.key_scales[b] : nullptr, slot,
                       key_stride, head_dim, scores + b * key_stride + slot, score_stride);
@@ -277,12 +284,6 @@ struct PagedAttentionKernel {
       case 2: RunChunk<2>(span, queries, head_dim, key_stride, value_stride, scores, states, acc); break;
       case 3: RunChunk<3>(span, queries, head_dim, key_stride, value_stride, scores, states, acc); break;
       default: RunChunk<4>(span, queries, head_dim, key_stride, value_stride, scores, states, acc); break;
-    }
-  }
-
-  static void Prefetch(const void* begin, int64_t bytes) {
-    for (int64_t offset = 0; offset < bytes; offset += 64) {
-      _mm_prefetch(static_cast<const char*>(begin) + offset, _MM_HINT_T0);
     }
   }
 
@@ -326,7 +327,7 @@ struct PagedAttentionKernel {
       // stalled the kernel: 16 x 512 positions took 6.3 ms, not 5.3).
       if (span_first == first_block) {
         for (int b = 0; b < blocks_in_span; ++b) {
-          Prefetch(pool.KeyTile<T>(blocks[span_first + b], pool_layer, kv_head), tiles_bytes);
+          PrefetchBytes(pool.KeyTile<T>(blocks[span_first + b], pool_layer, kv_head), tiles_bytes);
         }
       }
       // Many chunks (prefill) compute long enough on a span to take the next one in a burst.
@@ -336,7 +337,7 @@ struct PagedAttentionKernel {
       for (int b = 0; b < span_blocks && span_first + span_blocks + b <= last_block; ++b) {
         const void* next = pool.KeyTile<T>(blocks[span_first + span_blocks + b], pool_layer, kv_head);
         if (burst) {
-          Prefetch(next, tiles_bytes);
+          PrefetchBytes(next, tiles_bytes);
         } else {
           span.prefetch[b] = next;
         }

@@ -31,7 +31,6 @@ using kernels_internal::kPackBlockK;
 using kernels_internal::kPackBlockN;
 using kernels_internal::Bf16Kernel;
 using kernels_internal::ChooseBf16Kernel;
-using kernels_internal::kAmxMinRows;
 using kernels_internal::kSmallMMaxRows;
 
 // oneDNN 2.6 only picks its brgemm kernel for a fixed M, so bf16 primitives are

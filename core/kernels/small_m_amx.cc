@@ -22,15 +22,6 @@ constexpr int kTileRows = 16;
 // and B tiles used in turn.
 constexpr int kAccumulators = 4;
 
-AmxTileConfig SixteenBySixtyFourBytes() {
-  AmxTileConfig config;
-  for (int t = 0; t < 8; ++t) {
-    config.bytes_per_row[t] = 64;
-    config.rows[t] = kTileRows;
-  }
-  return config;
-}
-
 bool CpuHasAmxBf16() {
   if (!__builtin_cpu_supports("avx512bf16")) return false;
   unsigned eax, ebx, ecx, edx;
@@ -55,10 +46,7 @@ bool CpuHasAmxBf16() {
 // and columns.
 void Block(const uint16_t* x, int64_t ldx, const uint16_t* wb, int64_t k_blocks, int rows,
            const __mmask16 (&mask)[4], float* y, int64_t ldy, bool accumulate) {
-  _tile_zero(0);
-  _tile_zero(1);
-  _tile_zero(2);
-  _tile_zero(3);
+  ZeroAccumulators();
   const int64_t x_stride = ldx * static_cast<int64_t>(sizeof(uint16_t));
   constexpr int64_t kWeightStride = kPackBlockN * 2 * sizeof(uint16_t);
   for (int64_t kb = 0; kb < k_blocks; ++kb) {
@@ -75,11 +63,7 @@ void Block(const uint16_t* x, int64_t ldx, const uint16_t* wb, int64_t k_blocks,
     _tile_dpbf16ps(3, 4, 5);
   }
   alignas(64) float out[kTileRows][kPackBlockN];
-  constexpr int64_t kOutStride = kPackBlockN * sizeof(float);
-  _tile_stored(0, &out[0][0], kOutStride);
-  _tile_stored(1, &out[0][16], kOutStride);
-  _tile_stored(2, &out[0][32], kOutStride);
-  _tile_stored(3, &out[0][48], kOutStride);
+  StoreAccumulators(&out[0][0], kPackBlockN * sizeof(float));
   for (int r = 0; r < rows; ++r) {
     float* yr = y + r * ldy;
 #pragma GCC unroll 4
@@ -107,7 +91,7 @@ void AmxBf16MatMul(const uint16_t* x, int64_t m, int64_t ldx, const uint16_t* w,
   const int64_t k_padded = RoundUp(k, kPackBlockK);
   const int64_t k_blocks = k_padded / kPackBlockK;
   const int64_t n_blocks = (n + kPackBlockN - 1) / kPackBlockN;
-  const AmxTileConfig config = SixteenBySixtyFourBytes();
+  const AmxTileConfig config = AmxTileConfig::Uniform(kTileRows);
 #pragma omp parallel
   {
     // Tile configuration is per thread; release it so that a context switch
@@ -121,10 +105,7 @@ void AmxBf16MatMul(const uint16_t* x, int64_t m, int64_t ldx, const uint16_t* w,
       const uint16_t* wb = w + nb * k_padded * kPackBlockN;
       const int64_t valid = std::min(kPackBlockN, n - nb * kPackBlockN);
       __mmask16 mask[kAccumulators];
-      for (int j = 0; j < kAccumulators; ++j) {
-        const int64_t cols = std::clamp<int64_t>(valid - 16 * j, 0, 16);
-        mask[j] = static_cast<__mmask16>((uint32_t{1} << cols) - 1);
-      }
+      ColumnMasks(valid, mask);
       for (int64_t i = 0; i < m; i += kTileRows) {
         const int rows = static_cast<int>(std::min<int64_t>(kTileRows, m - i));
         Block(x + i * ldx, ldx, wb, k_blocks, rows, mask, y + i * ldy + nb * kPackBlockN, ldy,

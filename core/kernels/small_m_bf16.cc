@@ -138,10 +138,7 @@ void SmallMBf16MatMul(const uint16_t* x, int64_t m, int64_t ldx, const uint16_t*
     const uint16_t* wb = w + nb * k_padded * kPackBlockN;
     const int64_t valid = std::min(kPackBlockN, n - nb * kPackBlockN);
     __mmask16 mask[4];
-    for (int j = 0; j < 4; ++j) {
-      const int64_t cols = std::clamp<int64_t>(valid - 16 * j, 0, 16);
-      mask[j] = static_cast<__mmask16>((uint32_t{1} << cols) - 1);
-    }
+    ColumnMasks(valid, mask);
     float* yb = y + nb * kPackBlockN;
     for (int64_t p0 = 0; p0 < total_pairs; p0 += chunk_pairs) {
       const bool last_chunk = p0 + chunk_pairs >= total_pairs;

@@ -6,6 +6,7 @@
 // primitive per row count for its fast kernel and overlaps the weight stream
 // with compute less well at these sizes.
 
+#include <algorithm>
 #include <cstdint>
 
 namespace matformer::kernels_internal {
@@ -17,6 +18,15 @@ namespace matformer::kernels_internal {
 //   (n / 64) * k_padded * 64 + (k / 2) * 128 + (n % 64) * 2 + k % 2.
 inline constexpr int64_t kPackBlockN = 64;
 inline constexpr int64_t kPackBlockK = 32;
+
+// The lane masks (bit c: column 16 j + c) of the first `valid` of a column
+// block's 64 columns, in four 16-column groups j.
+inline void ColumnMasks(int64_t valid, uint16_t (&mask)[4]) {
+  for (int j = 0; j < 4; ++j) {
+    const int64_t cols = std::clamp<int64_t>(valid - 16 * j, 0, 16);
+    mask[j] = static_cast<uint16_t>((uint32_t{1} << cols) - 1);
+  }
+}
 
 // How MatMul splits bf16 rows (shared with the test and the benchmark): x is
 // cut into pieces of at most kMaxPieceRows rows; a piece of up to
